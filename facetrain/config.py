@@ -1,0 +1,342 @@
+"""Typed, validated configuration.
+
+A YAML file (plus ``--set a.b=value`` overrides) is merged into a plain dict, then
+checked against the dataclasses below. Every problem is collected and reported at once
+with its dotted key, so a typo such as ``model.embeding_dim`` is never silently ignored.
+
+This module is a leaf: it imports neither torch nor any other facetrain layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from facetrain.errors import ConfigError
+
+
+def option(default: Any, help: str, **rules: Any) -> Any:
+    """A config field with its help text and range rules (ge, gt, le, lt)."""
+    return field(default=default, metadata={"help": help, **rules})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = option("", "Training folder: one sub-folder of images per identity.")
+    val_root: str | None = option(None, "Separate folder of held-out identities for verification (instead of a split).")
+    val_identities: int = option(0, "Identities held out of `root` for verification (chosen with `split_seed`).", ge=0)
+    split_seed: int = option(0, "Seed that picks the held-out identities.", ge=0)
+    min_images_per_identity: int = option(2, "Identities with fewer images are dropped (the count is logged).", ge=1)
+    image_size: int = option(112, "Square input size in pixels after crop and resize.", ge=16)
+    center_crop: int | float | None = option(
+        None,
+        "Centre crop before resizing: pixels (int, square) or a fraction of each side "
+        "(float in (0, 1]); null for none.",
+        gt=0,
+    )
+    hflip: bool = option(True, "Random horizontal flip during training.")
+    num_workers: int = option(2, "DataLoader worker processes (0 loads in the main process).", ge=0)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = option("resnet50", "torchvision backbone: resnet18/34/50/101/152, vgg11/13/16/19[_bn].")
+    pretrained: str | None = option(
+        None, "Local torchvision weights file (.pth) for the backbone; null trains from scratch."
+    )
+    embedding_dim: int = option(512, "Size of the face embedding.", ge=2)
+    pool_size: int = option(1, "Output side of the neck's adaptive average pool (1 = global pool).", ge=1)
+    dropout: float = option(0.0, "Dropout before the projection.", ge=0.0, lt=1.0)
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    type: Literal["arcface"] = option("arcface", "Margin head.")
+    s: float = option(64.0, "Logit scale.", gt=0.0)
+    m: float = option(0.5, "Additive angular margin in radians.", ge=0.0, lt=1.5707963267948966)
+    easy_margin: bool = option(False, "Apply the margin only where cos(theta) > 0.")
+    num_classes: int | None = option(None, "Optional check: must equal the number of training identities found.", ge=2)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = option(20, "Passes over the training set.", ge=1)
+    batch_size: int = option(128, "Images per forward pass (per micro-batch).", ge=2)
+    grad_accum_steps: int = option(1, "Micro-batches per optimizer step.", ge=1)
+    optimizer: Literal["sgd", "adamw"] = option("sgd", "Optimizer.")
+    lr: float = option(0.1, "Peak learning rate (reached after warm-up).", gt=0.0)
+    momentum: float = option(0.9, "SGD momentum.", ge=0.0, lt=1.0)
+    weight_decay: float = option(5e-4, "Weight decay; never applied to BatchNorm parameters or biases.", ge=0.0)
+    schedule: Literal["cosine", "poly"] = option("cosine", "Decay after warm-up, stepped every iteration.")
+    poly_power: float = option(2.0, "Exponent of the polynomial decay.", gt=0.0)
+    warmup_epochs: float = option(1.0, "Linear warm-up length in epochs (may be fractional).", ge=0.0)
+    min_lr: float = option(0.0, "Learning rate at the end of the decay.", ge=0.0)
+    grad_clip: float | None = option(5.0, "Max global gradient norm; null disables clipping.", gt=0.0)
+    amp: Literal["auto", "bf16", "fp16", "off"] = option(
+        "auto", "Mixed precision on CUDA (auto = bf16 where supported, else fp16). Always off on CPU."
+    )
+    device: str = option("auto", "auto (CUDA if available), cpu, cuda or cuda:N.")
+    checkpoint_every_steps: int = option(
+        500, "Also write last.pt every N optimizer steps (0 = only at epoch ends).", ge=0
+    )
+    log_every_steps: int = option(10, "TensorBoard scalars every N optimizer steps.", ge=1)
+
+
+@dataclass(frozen=True)
+class Config:
+    run_dir: str = option("runs/facetrain", "Folder for checkpoints, the saved config and TensorBoard logs.")
+    seed: int = option(0, "Seed for weights, data order and augmentation.", ge=0)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Reads a YAML file, applies ``key=value`` overrides, and validates the result."""
+    raw: dict[str, Any] = {} if path is None else _read_yaml(Path(path))
+    return resolve_config(raw, overrides, source=str(path) if path else "config")
+
+
+def resolve_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...], source: str) -> Config:
+    """Applies ``key=value`` overrides to a raw dict, then validates it."""
+    for text in overrides:
+        _apply_override(raw, text)
+    return config_from_dict(raw, source=source)
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
+    """Validates a nested dict; raises one ConfigError listing every problem."""
+    problems: list[str] = []
+    config = _build(Config, raw, "", problems)
+    if not problems:
+        problems.extend(_cross_checks(config))
+    if problems:
+        count = f"{len(problems)} problem" + ("s" if len(problems) > 1 else "")
+        lines = "\n".join(f"  {p}" for p in problems)
+        raise ConfigError(f"{source}: {count}:\n{lines}")
+    return config
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """Plain nested dict of the resolved config (for YAML files and checkpoints)."""
+    return dataclasses.asdict(config)
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' not found: pass an existing YAML file to --config")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: invalid YAML ({problem}): fix the syntax there") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file '{path}': {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _apply_override(raw: dict[str, Any], text: str) -> None:
+    key, sep, value_text = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set '{text}': expected KEY=VALUE, e.g. --set train.lr=0.01")
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else None
+    except yaml.YAMLError:
+        value = value_text
+    parts = key.split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            dotted = ".".join(parts[: i + 1])
+            raise ConfigError(f"--set '{text}': '{dotted}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.append(f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys, got {raw!r}")
+        return None
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            problems.append(f"{prefix}{key}: unknown key{_suggest(prefix, str(key), list(fields))}")
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name not in raw:
+            continue
+        dotted = prefix + name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, raw[name], dotted + ".", problems)
+            continue
+        ok, value, why = _coerce(raw[name], hint)
+        if not ok:
+            problems.append(f"{dotted}: {why}, got {raw[name]!r}")
+            continue
+        range_problem = _check_range(value, f.metadata)
+        if range_problem:
+            problems.append(f"{dotted}: {range_problem}, got {raw[name]!r}")
+            continue
+        values[name] = value
+    if any(v is None and dataclasses.is_dataclass(hints[k]) for k, v in values.items()):
+        return None
+    try:
+        return cls(**values)
+    except TypeError:  # a value was rejected above; the problem is already recorded
+        return None
+
+
+def _coerce(value: Any, hint: Any) -> tuple[bool, Any, str]:
+    """Returns (ok, converted value, expectation text)."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value in choices:
+            return True, value, ""
+        return False, None, "must be one of " + ", ".join(repr(c) for c in choices)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None:
+            ok = type(None) in options
+            return ok, None, "" if ok else "must not be null"
+        for option_type in options:
+            if option_type is type(None):
+                continue
+            ok, converted, _ = _coerce(value, option_type)
+            if ok:
+                return True, converted, ""
+        names = " or ".join("null" if t is type(None) else t.__name__ for t in options)
+        return False, None, f"must be {names}"
+    if hint is bool:
+        return (True, value, "") if isinstance(value, bool) else (False, None, "must be true or false")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return True, value, ""
+        return False, None, "must be a whole number"
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value), ""
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+            try:
+                return True, float(value), ""
+            except ValueError:
+                pass
+        return False, None, "must be a number"
+    if hint is str:
+        return (True, value, "") if isinstance(value, str) else (False, None, "must be a string")
+    raise TypeError(f"unsupported config type {hint!r}")  # a bug in the schema, not user input
+
+
+def _check_range(value: Any, rules: typing.Mapping[str, Any]) -> str | None:
+    if value is None or isinstance(value, (bool, str)):
+        return None
+    if "ge" in rules and value < rules["ge"]:
+        return f"must be >= {rules['ge']}"
+    if "gt" in rules and value <= rules["gt"]:
+        return f"must be > {rules['gt']}"
+    if "le" in rules and value > rules["le"]:
+        return f"must be <= {rules['le']}"
+    if "lt" in rules and value >= rules["lt"]:
+        return f"must be < {rules['lt']}"
+    return None
+
+
+def _cross_checks(config: Config) -> list[str]:
+    problems = []
+    data, train = config.data, config.train
+    if data.val_root is not None and data.val_identities > 0:
+        problems.append(
+            "data.val_identities: set to 0 when data.val_root is given (held-out identities come from one place)"
+        )
+    if isinstance(data.center_crop, float) and data.center_crop > 1.0:
+        problems.append(
+            f"data.center_crop: a fraction must be <= 1.0, got {data.center_crop} (write a whole number for pixels)"
+        )
+    if train.warmup_epochs > train.epochs:
+        problems.append(f"train.warmup_epochs: {train.warmup_epochs} is longer than train.epochs ({train.epochs})")
+    if train.min_lr > train.lr:
+        problems.append(f"train.min_lr: {train.min_lr} is above train.lr ({train.lr})")
+    return problems
+
+
+def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every dotted leaf key of the schema."""
+    keys: list[str] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys.extend(all_keys(hints[f.name], f"{prefix}{f.name}."))
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _suggest(prefix: str, key: str, siblings: list[str]) -> str:
+    close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean '{prefix}{close[0]}'?)"
+    elsewhere = [k for k in all_keys() if k.rsplit(".", 1)[-1] == key]
+    if elsewhere:
+        return f" (did you mean '{elsewhere[0]}'?)"
+    if siblings:
+        return " (valid keys: " + ", ".join(siblings) + ")"
+    return ""
+
+
+def describe_keys(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, help) for every leaf key, for the README reference."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            rows.extend(describe_keys(hint, f"{prefix}{f.name}."))
+            continue
+        default = getattr(defaults, f.name)
+        shown = (
+            "null"
+            if default is None
+            else ("" if default == "" else yaml.safe_dump(default).strip().removesuffix("..."))
+        )
+        rows.append((prefix + f.name, _type_name(hint), shown.strip(), f.metadata.get("help", "")))
+    return rows
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return " \\| ".join(str(c) for c in typing.get_args(hint))
+    if origin in (Union, types.UnionType):
+        return " \\| ".join("null" if t is type(None) else _type_name(t) for t in typing.get_args(hint))
+    return hint.__name__

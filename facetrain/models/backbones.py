@@ -1,0 +1,90 @@
+"""torchvision backbones with their classifiers removed, chosen from a registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision import models as tv
+
+from facetrain.errors import ShapeError
+
+# name -> torchvision constructor; the classifier is stripped by ``features_of``.
+BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    "resnet18": tv.resnet18,
+    "resnet34": tv.resnet34,
+    "resnet50": tv.resnet50,
+    "resnet101": tv.resnet101,
+    "resnet152": tv.resnet152,
+    "vgg11": tv.vgg11,
+    "vgg11_bn": tv.vgg11_bn,
+    "vgg13": tv.vgg13,
+    "vgg13_bn": tv.vgg13_bn,
+    "vgg16": tv.vgg16,
+    "vgg16_bn": tv.vgg16_bn,
+    "vgg19": tv.vgg19,
+    "vgg19_bn": tv.vgg19_bn,
+}
+# Keys of the torchvision classifier, which a weights file may carry and we do not use.
+_CLASSIFIER_PREFIXES = ("fc.", "classifier.")
+
+
+def backbone_names() -> list[str]:
+    return sorted(BACKBONES)
+
+
+def create_torchvision(name: str) -> nn.Module:
+    if name not in BACKBONES:
+        raise ShapeError(f"model.backbone: unknown backbone '{name}': choose one of {', '.join(backbone_names())}")
+    return BACKBONES[name](weights=None)
+
+
+def features_of(model: nn.Module) -> nn.Sequential:
+    """The convolutional trunk: (B, 3, H, W) -> (B, C, h, w), with pooling and classifier removed."""
+    if isinstance(model, tv.ResNet):
+        return nn.Sequential(
+            model.conv1,
+            model.bn1,
+            model.relu,
+            model.maxpool,
+            model.layer1,
+            model.layer2,
+            model.layer3,
+            model.layer4,
+        )
+    if isinstance(model, tv.VGG):
+        return model.features
+    raise TypeError(f"no feature extractor known for {type(model).__name__}")
+
+
+def load_pretrained(model: nn.Module, path: str, name: str) -> None:
+    """Loads a local torchvision state dict into ``model``, ignoring its classifier."""
+    file = Path(path)
+    if not file.is_file():
+        raise ShapeError(f"model.pretrained: weights file '{file}' not found: give a local .pth path or null")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ShapeError(f"model.pretrained: cannot load '{file}' as a weights-only state dict: {exc}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ShapeError(f"model.pretrained: '{file}' holds a {type(state).__name__}, not a state dict")
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith(_CLASSIFIER_PREFIXES)}
+    given = {k: v for k, v in state.items() if not k.startswith(_CLASSIFIER_PREFIXES)}
+    missing = [k for k in own if k not in given]
+    mismatched = [
+        f"{k} {tuple(given[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in given and tuple(given[k].shape) != tuple(v.shape)
+    ]
+    if missing or mismatched:
+        detail = "; ".join(mismatched[:3] + [f"missing {k}" for k in missing[:3]])
+        raise ShapeError(
+            f"model.pretrained: '{file}' does not match backbone {name} "
+            f"({len(mismatched)} shape mismatches, {len(missing)} missing keys: {detail}): "
+            "use weights saved for the configured model.backbone"
+        )
+    model.load_state_dict({k: given[k] for k in own}, strict=False)

@@ -1,0 +1,85 @@
+"""The embedder: backbone + neck, one module from image to embedding.
+
+The neck's Linear input size is derived from the backbone's feature map and ``pool_size``
+when the model is built, so no user ever types it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from facetrain.config import ModelConfig
+from facetrain.errors import ShapeError
+from facetrain.models.backbones import create_torchvision, features_of, load_pretrained
+
+
+def feature_shape(backbone: str, image_size: int) -> tuple[int, int, int]:
+    """(C, h, w) of the backbone's output for a square input, computed on the meta device."""
+    with torch.device("meta"):
+        trunk = features_of(create_torchvision(backbone)).eval()  # eval: BatchNorm accepts any batch
+        probe = torch.empty(1, 3, image_size, image_size)
+        try:
+            out = trunk(probe)
+        except (RuntimeError, ValueError) as exc:
+            raise ShapeError(
+                f"data.image_size={image_size} is too small for {backbone} ({_first_line(exc)}): "
+                "raise data.image_size (112 is the usual face size)"
+            ) from None
+    channels, height, width = out.shape[1:]
+    if height < 1 or width < 1:
+        raise ShapeError(
+            f"data.image_size={image_size} is too small for {backbone}: its feature map would be "
+            f"{height}x{width}; raise data.image_size"
+        )
+    return int(channels), int(height), int(width)
+
+
+class Neck(nn.Sequential):
+    """(B, C, h, w) -> pool (B, C, p, p) -> flatten (B, C*p*p) -> dropout -> linear -> BN (B, D)."""
+
+    def __init__(self, channels: int, pool_size: int, embedding_dim: int, dropout: float) -> None:
+        in_features = channels * pool_size * pool_size
+        super().__init__(
+            nn.AdaptiveAvgPool2d(pool_size),
+            nn.Flatten(1),
+            nn.Dropout(dropout),
+            nn.Linear(in_features, embedding_dim, bias=False),  # BN right after makes a bias redundant
+            nn.BatchNorm1d(embedding_dim),
+        )
+        self.in_features = in_features
+
+
+class Embedder(nn.Module):
+    """Image batch (B, 3, H, W), normalised to [-1, 1] -> embeddings (B, embedding_dim), not L2-normalised."""
+
+    def __init__(self, backbone: nn.Module, neck: Neck, feature_map: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.neck = neck
+        self.feature_map = feature_map  # (C, h, w) at the configured image size
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.neck[-1].num_features
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.neck(self.backbone(images))
+
+
+def build_embedder(cfg: ModelConfig, image_size: int) -> Embedder:
+    channels, height, width = feature_shape(cfg.backbone, image_size)
+    if cfg.pool_size > min(height, width):
+        raise ShapeError(
+            f"model.pool_size={cfg.pool_size} is larger than the {height}x{width} feature map of "
+            f"{cfg.backbone} at data.image_size={image_size}: set model.pool_size <= {min(height, width)}"
+        )
+    full = create_torchvision(cfg.backbone)
+    if cfg.pretrained:
+        load_pretrained(full, cfg.pretrained, cfg.backbone)
+    neck = Neck(channels, cfg.pool_size, cfg.embedding_dim, cfg.dropout)
+    return Embedder(features_of(full), neck, (channels, height, width))
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

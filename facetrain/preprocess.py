@@ -1,0 +1,72 @@
+"""Image decoding and the deterministic preprocessing shared by train, eval and export.
+
+Training adds only a random horizontal flip on top of what is here, so every consumer of a
+checkpoint reproduces the exact input the model was trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms.v2 import functional as TF
+
+from facetrain.errors import DataError
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".pbm", ".pnm", ".tif", ".tiff", ".webp"}
+)
+# Inputs are scaled to [0, 1], then normalised with these to [-1, 1].
+MEAN = (0.5, 0.5, 0.5)
+STD = (0.5, 0.5, 0.5)
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Decodes any common format (grey, RGB, RGBA, palette, 16-bit PGM) to 8-bit RGB."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+                # 16-bit grey: keep the top 8 bits rather than clipping at 255.
+                image = image.point(lambda v: v / 256).convert("L")
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"cannot read image '{path}': {exc}: replace or remove the file") from None
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Centre crop, resize to a square, scale to [-1, 1]."""
+
+    image_size: int
+    center_crop: int | float | None = None
+
+    def crop_box(self, height: int, width: int) -> tuple[int, int]:
+        if self.center_crop is None:
+            return height, width
+        if isinstance(self.center_crop, int):
+            return self.center_crop, self.center_crop
+        return max(1, round(height * self.center_crop)), max(1, round(width * self.center_crop))
+
+    def __call__(self, image: Image.Image, flip: bool = False, source: str = "image") -> torch.Tensor:
+        """PIL RGB image -> (3, image_size, image_size) float32 tensor."""
+        pixels = TF.pil_to_tensor(image)  # (3, H, W) uint8
+        height, width = pixels.shape[-2:]
+        crop_h, crop_w = self.crop_box(height, width)
+        if crop_h > height or crop_w > width:
+            raise DataError(
+                f"data.center_crop={self.center_crop} is larger than '{source}' ({width}x{height}): "
+                "use a smaller crop or a fraction such as 0.8"
+            )
+        if (crop_h, crop_w) != (height, width):
+            pixels = TF.center_crop(pixels, [crop_h, crop_w])
+        pixels = TF.resize(pixels, [self.image_size, self.image_size], antialias=True)
+        if flip:
+            pixels = TF.horizontal_flip(pixels)
+        scaled = pixels.float().div_(255.0)
+        return TF.normalize(scaled, MEAN, STD)
+
+    def load(self, path: str | Path, flip: bool = False) -> torch.Tensor:
+        return self(load_image(path), flip=flip, source=str(path))

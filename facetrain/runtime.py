@@ -1,0 +1,95 @@
+"""Device, mixed precision and random-state helpers: the one AMP code path."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from facetrain.errors import ConfigError
+
+log = logging.getLogger("facetrain")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Resolved mixed-precision settings for one device."""
+
+    dtype: torch.dtype | None  # None: full float32
+
+    @property
+    def name(self) -> str:
+        return {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    @property
+    def needs_scaler(self) -> bool:
+        return self.dtype is torch.float16
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; ``cuda`` without CUDA is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device: unknown device '{name}': use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: '{name}' asked for, but CUDA is not available here: use --device cpu or auto")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"train.device: '{name}' is not supported: use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def resolve_precision(amp: str, device: torch.device) -> Precision:
+    if device.type != "cuda" or amp == "off":
+        if amp in ("bf16", "fp16") and device.type != "cuda":
+            log.info("train.amp=%s applies to CUDA only; training in float32 on %s", amp, device)
+        return Precision(None)
+    if amp == "fp16":
+        return Precision(torch.float16)
+    if amp == "bf16" or torch.cuda.is_bf16_supported():
+        return Precision(torch.bfloat16)
+    return Precision(torch.float16)
+
+
+def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
+    """The single autocast entry point: a real autocast on CUDA, a no-op otherwise."""
+    if precision.dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=precision.dtype)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def rng_state() -> dict[str, Any]:
+    """Random states as tensors and primitives (loadable with weights_only=True)."""
+    state: dict[str, Any] = {
+        "python": _to_lists(random.getstate()),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_to_tuples(state["python"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_lists(value: Any) -> Any:
+    return [_to_lists(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+def _to_tuples(value: Any) -> Any:
+    return tuple(_to_tuples(v) for v in value) if isinstance(value, (tuple, list)) else value

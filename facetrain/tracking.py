@@ -1,0 +1,56 @@
+"""Training-time meters and the TensorBoard writer."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+
+class TensorBoard:
+    """A SummaryWriter created on first use, so importing facetrain stays light."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._writer = None
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.folder))
+        for name, value in values.items():
+            self._writer.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class Meter:
+    """Sums loss and accuracy on the device; reads them back (one sync) only when asked."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum: torch.Tensor | float = 0.0
+        self.correct: torch.Tensor | float = 0.0
+        self.images = 0
+        self.started = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, correct: torch.Tensor, images: int) -> None:
+        self.loss_sum = self.loss_sum + loss.detach() * images
+        self.correct = self.correct + correct
+        self.images += images
+
+    def read(self) -> dict[str, float]:
+        seconds = max(time.perf_counter() - self.started, 1e-9)
+        images = max(self.images, 1)
+        return {
+            "loss": float(self.loss_sum) / images,
+            "accuracy": float(self.correct) / images,
+            "images_per_sec": self.images / seconds,
+        }

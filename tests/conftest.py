@@ -1,0 +1,68 @@
+"""Shared fixtures: small synthetic identity folders and tiny configs, so tests need no ../shared."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from facetrain.config import Config, config_from_dict
+
+REPO = Path(__file__).resolve().parents[1]
+ORL = REPO / "facetrain" / "assets" / "orl"
+
+
+def make_faces(
+    root: Path, identities: int = 4, per_identity: int = 8, size: tuple[int, int] = (40, 48), seed: int = 0
+) -> Path:
+    """Writes ``root/idNN/imgNN.png``: each identity a fixed random pattern plus per-image noise."""
+    generator = torch.Generator().manual_seed(seed)
+    width, height = size
+    for identity in range(identities):
+        base = torch.rand(3, height, width, generator=generator)
+        folder = root / f"id{identity:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(per_identity):
+            noisy = (base + 0.15 * torch.randn(3, height, width, generator=generator)).clamp(0, 1)
+            pixels = (noisy * 255).byte().permute(1, 2, 0).numpy()
+            Image.fromarray(pixels).save(folder / f"img{index:02d}.png")
+    return root
+
+
+def tiny_config(data_root: Path, run_dir: Path, **sections: dict) -> Config:
+    """A config small enough to train in seconds on a CPU."""
+    raw: dict = {
+        "run_dir": str(run_dir),
+        "seed": 0,
+        "data": {"root": str(data_root), "image_size": 32, "num_workers": 0, "min_images_per_identity": 2},
+        "model": {"backbone": "resnet18", "embedding_dim": 16},
+        "head": {"s": 16.0, "m": 0.2},
+        "train": {
+            "epochs": 2,
+            "batch_size": 8,
+            "lr": 0.05,
+            "warmup_epochs": 0.5,
+            "log_every_steps": 1,
+            "checkpoint_every_steps": 0,
+        },
+    }
+    for section, values in sections.items():
+        if isinstance(values, dict):
+            raw.setdefault(section, {}).update(values)
+        else:
+            raw[section] = values
+    return config_from_dict(raw)
+
+
+@pytest.fixture
+def faces(tmp_path: Path) -> Path:
+    return make_faces(tmp_path / "faces")
+
+
+@pytest.fixture(autouse=True)
+def _quiet_facetrain_logger():
+    logging.getLogger("facetrain").setLevel(logging.INFO)
+    yield

@@ -1,0 +1,137 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from facetrain.config import Config, all_keys, config_from_dict, load_config
+from facetrain.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def problems_of(exc: pytest.ExceptionInfo) -> list[str]:
+    return [line.strip() for line in str(exc.value).splitlines()[1:]]
+
+
+def test_defaults_are_valid():
+    assert config_from_dict({}) == Config()
+
+
+def test_typo_gets_did_you_mean(tmp_path):
+    path = write(tmp_path, "model:\n  embeding_dim: 256\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert problems_of(exc) == ["model.embeding_dim: unknown key (did you mean 'model.embedding_dim'?)"]
+    assert str(path) in str(exc.value).splitlines()[0]
+
+
+def test_key_in_wrong_section_points_to_the_right_one():
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict({"data": {"embedding_dim": 64}})
+    assert "did you mean 'model.embedding_dim'?" in str(exc.value)
+
+
+def test_every_problem_is_listed_at_once():
+    raw = {
+        "model": {"embedding_dim": "big", "backbon": "resnet18"},
+        "train": {"lr": -1, "optimizer": "rmsprop", "epochs": 2.5},
+        "data": {"hflip": "yes"},
+        "extra": 1,
+    }
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict(raw)
+    lines = problems_of(exc)
+    assert str(exc.value).splitlines()[0] == "config: 7 problems:"
+    assert "model.embedding_dim: must be a whole number, got 'big'" in lines
+    assert "model.backbon: unknown key (did you mean 'model.backbone'?)" in lines
+    assert "train.lr: must be > 0.0, got -1" in lines
+    assert "train.optimizer: must be one of 'sgd', 'adamw', got 'rmsprop'" in lines
+    assert "train.epochs: must be a whole number, got 2.5" in lines
+    assert "data.hflip: must be true or false, got 'yes'" in lines
+    assert any(line.startswith("extra: unknown key") for line in lines)
+
+
+def test_scientific_notation_without_dot_is_a_number():
+    # YAML 1.1 reads `1e-3` as a string; a float key accepts it anyway.
+    assert config_from_dict({"train": {"lr": "1e-3"}}).train.lr == pytest.approx(1e-3)
+
+
+def test_center_crop_accepts_pixels_or_fraction():
+    assert config_from_dict({"data": {"center_crop": 150}}).data.center_crop == 150
+    assert config_from_dict({"data": {"center_crop": 0.6}}).data.center_crop == pytest.approx(0.6)
+    with pytest.raises(ConfigError, match="data.center_crop: a fraction must be <= 1.0"):
+        config_from_dict({"data": {"center_crop": 1.5}})
+
+
+def test_overrides_are_validated_like_the_file(tmp_path):
+    path = write(tmp_path, "train:\n  lr: 0.1\n")
+    cfg = load_config(path, ["train.lr=0.01", "model.embedding_dim=256", "head.easy_margin=true"])
+    assert (cfg.train.lr, cfg.model.embedding_dim, cfg.head.easy_margin) == (0.01, 256, True)
+    with pytest.raises(ConfigError) as exc:
+        load_config(path, ["model.embeding_dim=256", "train.batch_size=0"])
+    assert problems_of(exc) == [
+        "model.embeding_dim: unknown key (did you mean 'model.embedding_dim'?)",
+        "train.batch_size: must be >= 2, got 0",
+    ]
+
+
+@pytest.mark.parametrize("text", ["train.lr", "=3", "train.lr.x=1"])
+def test_malformed_overrides(tmp_path, text):
+    with pytest.raises(ConfigError):
+        load_config(write(tmp_path, "train:\n  lr: 0.1\n"), [text])
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    path = write(tmp_path, "train:\n  lr: 0.1\n  epochs: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml:\d+:\d+: invalid YAML"):
+        load_config(path)
+
+
+def test_missing_file_and_non_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_cross_checks():
+    with pytest.raises(ConfigError, match="data.val_identities: set to 0 when data.val_root"):
+        config_from_dict({"data": {"val_root": "x", "val_identities": 3}})
+    with pytest.raises(ConfigError, match="train.warmup_epochs"):
+        config_from_dict({"train": {"epochs": 2, "warmup_epochs": 3}})
+
+
+def test_yaml_tags_cannot_run_code(tmp_path):
+    path = write(tmp_path, "seed: !!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_validate(path):
+    cfg = load_config(path)
+    assert cfg.data.root, "every shipped config names its dataset"
+
+
+def test_shipped_configs_exist_and_r50_is_the_field_default():
+    names = {p.name for p in (REPO / "configs").glob("*.yaml")}
+    assert {"demo.yaml", "r18.yaml", "r50.yaml", "r100.yaml", "vgg16.yaml"} <= names
+    r50 = load_config(REPO / "configs" / "r50.yaml")
+    assert (r50.model.backbone, r50.data.image_size, r50.model.embedding_dim) == ("resnet50", 112, 512)
+
+
+def test_readme_documents_every_key():
+    readme = (REPO / "README.md").read_text()
+    missing = [key for key in all_keys() if f"`{key}`" not in readme]
+    assert not missing, f"README lacks config keys: {missing} (run: python scripts/config_reference.py)"
+    check = subprocess.run(
+        [sys.executable, "scripts/config_reference.py", "--check"], cwd=REPO, capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr

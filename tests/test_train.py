@@ -1,0 +1,150 @@
+import os
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from facetrain.checkpoint import load_checkpoint, save_checkpoint
+from facetrain.errors import CheckpointError, ConfigError, DataError
+from facetrain.train import Trainer
+
+
+def make_trainer(cfg, **kwargs) -> Trainer:
+    trainer = Trainer(cfg, progress=False, **kwargs)
+    trainer.setup()
+    return trainer
+
+
+def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {
+        **{f"e.{k}": v for k, v in trainer.embedder.state_dict().items()},
+        **{f"h.{k}": v for k, v in trainer.head.state_dict().items()},
+    }
+
+
+def test_tiny_run_loss_falls_and_checkpoint_is_complete(faces, tmp_path):
+    cfg = tiny_config(faces, tmp_path / "run", train={"epochs": 4})
+    result = make_trainer(cfg).fit()
+    losses = [epoch["loss"] for epoch in result.history]
+    assert losses[-1] < 0.7 * losses[0], losses
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    for key in ("embedder", "head", "optimizer", "scheduler", "scaler", "epoch", "step", "rng", "config"):
+        assert key in state
+    assert state["epoch"] == 4 and state["step"] == 4 * 4  # 32 images / batch 8
+    assert state["config"]["model"]["embedding_dim"] == 16
+    assert (tmp_path / "run" / "config.yaml").read_text().count("embedding_dim: 16") == 1
+    assert (tmp_path / "run" / "tensorboard").is_dir()
+
+
+def test_resume_is_exact(faces, tmp_path):
+    straight = make_trainer(tiny_config(faces, tmp_path / "a"))
+    straight.fit()
+    first = make_trainer(tiny_config(faces, tmp_path / "b"))
+    first.fit(stop_at_epoch=1)
+    resumed = make_trainer(tiny_config(faces, tmp_path / "b"), resume=tmp_path / "b" / "last.pt")
+    assert (resumed.epoch, resumed.step) == (1, 4)
+    resumed.fit()
+    a, b = weights(straight), weights(resumed)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+    assert straight.scheduler.step_count == resumed.scheduler.step_count == 8
+
+
+def test_mid_epoch_resume_is_exact(faces, tmp_path):
+    overrides = {"train": {"checkpoint_every_steps": 3}, "model": {"dropout": 0.2}}
+    straight = make_trainer(tiny_config(faces, tmp_path / "a", **overrides))
+    straight.fit()
+    # Keep the checkpoint written at step 3 (mid-epoch 1), as if the run had died right after it.
+    interrupted = make_trainer(tiny_config(faces, tmp_path / "b", **overrides))
+    saved = []
+    original_save = interrupted.save
+    interrupted.save = lambda: saved.append(interrupted.step) or original_save() if interrupted.step <= 3 else None
+    interrupted.fit(stop_at_epoch=1)
+    assert saved == [3]
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["batch_in_epoch"] == 3
+    resumed = make_trainer(tiny_config(faces, tmp_path / "b", **overrides), resume=tmp_path / "b" / "last.pt")
+    resumed.fit()
+    a, b = weights(straight), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_gradient_accumulation_matches_one_big_batch(faces, tmp_path):
+    """Two micro-batches of 4 with the loss halved give the step of one batch of 8."""
+    big = make_trainer(tiny_config(faces, tmp_path / "a", train={"batch_size": 8, "grad_clip": None}))
+    small = make_trainer(
+        tiny_config(faces, tmp_path / "b", train={"batch_size": 4, "grad_accum_steps": 2, "grad_clip": None})
+    )
+    assert small.steps_per_epoch == big.steps_per_epoch == 4
+    images = torch.stack([big.data.train[i][0] for i in range(8)])
+    labels = torch.tensor([big.data.train[i][1] for i in range(8)])
+    for trainer in (big, small):  # BatchNorm in eval mode: batch statistics would differ by design
+        trainer.embedder.eval()
+    big.train_step(iter([(images, labels)]), 1, ())
+    small.train_step(iter([(images[:4], labels[:4]), (images[4:], labels[4:])]), 2, ())
+    a, b = weights(big), weights(small)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_existing_run_is_not_overwritten_without_consent(faces, tmp_path):
+    cfg = tiny_config(faces, tmp_path / "run", train={"epochs": 1})
+    make_trainer(cfg).fit()
+    with pytest.raises(ConfigError, match="already holds last.pt.*--resume.*--overwrite"):
+        make_trainer(cfg)
+    make_trainer(cfg, overwrite=True)
+
+
+def test_num_classes_mismatch_names_both_numbers(faces, tmp_path):
+    with pytest.raises(ConfigError, match="head.num_classes is 10 but .* has 4 training identities"):
+        make_trainer(tiny_config(faces, tmp_path / "run", head={"num_classes": 10}))
+
+
+def test_resume_refuses_a_structurally_different_config(faces, tmp_path):
+    make_trainer(tiny_config(faces, tmp_path / "run", train={"epochs": 1})).fit()
+    changed = tiny_config(faces, tmp_path / "run", model={"embedding_dim": 32})
+    with pytest.raises(
+        CheckpointError, match=r"has model.embedding_dim 16, config says 32: set model.embedding_dim: 16"
+    ):
+        make_trainer(changed, resume=tmp_path / "run" / "last.pt")
+
+
+def test_resume_refuses_changed_identities(faces, tmp_path):
+    make_trainer(tiny_config(faces, tmp_path / "run", train={"epochs": 1})).fit()
+    (faces / "id99").mkdir()
+    for i in range(2):
+        (faces / "id00" / f"img{i:02d}.png").rename(faces / "id99" / f"img{i:02d}.png")
+    with pytest.raises(DataError, match="trained on 4 identities, data.root now has 5"):
+        make_trainer(tiny_config(faces, tmp_path / "run"), resume=tmp_path / "run" / "last.pt")
+
+
+def test_failed_save_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"config": {}, "num_classes": 2, "embedder": {}, "head": {}, "step": 1}, path)
+
+    def broken_save(obj, stream):
+        stream.write(b"partial")
+        raise KeyboardInterrupt  # Ctrl-C in the middle of writing
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"config": {}, "num_classes": 2, "embedder": {}, "head": {}, "step": 2}, path)
+    assert load_checkpoint(path)["step"] == 1
+    assert os.listdir(tmp_path) == ["last.pt"]
+
+
+def test_unsafe_checkpoint_is_refused(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format_version": 1, "config": {}, "num_classes": 2, "embedder": Payload(), "head": {}}, path)
+    with pytest.raises(CheckpointError, match="cannot be read safely"):
+        load_checkpoint(path)
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match="cannot be read safely"):
+        load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_batch_larger_than_dataset(faces, tmp_path):
+    with pytest.raises(DataError, match="train.batch_size=64 is larger than the 32 training images"):
+        make_trainer(tiny_config(faces, tmp_path / "run", train={"batch_size": 64}))
