@@ -50,10 +50,22 @@ def error_boundary(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (test runners swap it per call)."""
+
+    @property
+    def stream(self):  # noqa: ANN201 - matches the base attribute
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:  # noqa: ANN001
+        pass
+
+
 def _setup_logging() -> None:
     logger = logging.getLogger("facetrain")
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)

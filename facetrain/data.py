@@ -118,7 +118,7 @@ class Datasets:
 
 def build_datasets(cfg: DataConfig) -> Datasets:
     """Scans the folders, drops small identities and holds out verification identities."""
-    preprocess = Preprocess(cfg.image_size, cfg.center_crop)
+    preprocess = Preprocess.from_config(cfg)
     identities = drop_small(scan_identities(cfg.root), cfg.min_images_per_identity, "data.root")
     held_out: list[Identity] = []
     if cfg.val_root is not None:

@@ -13,6 +13,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
+from facetrain.config import DataConfig
 from facetrain.errors import DataError
 
 IMAGE_EXTENSIONS = frozenset(
@@ -42,6 +43,11 @@ class Preprocess:
 
     image_size: int
     center_crop: int | float | None = None
+
+    @classmethod
+    def from_config(cls, data: DataConfig) -> Preprocess:
+        """The preprocessing a config (or a checkpoint's saved config) trains with."""
+        return cls(data.image_size, data.center_crop)
 
     def crop_box(self, height: int, width: int) -> tuple[int, int]:
         if self.center_crop is None:

@@ -111,3 +111,19 @@ def test_real_process_exit_code_and_traceback(tmp_path, debug):
         assert proc.returncode == 1 and "Traceback" in proc.stderr
     else:
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_corrupt_image_during_training_is_one_line_naming_the_file(tmp_path, workers):
+    faces = make_faces(tmp_path / "faces", identities=3, per_identity=4)
+    (faces / "id01" / "img02.png").write_bytes(b"\x89PNG broken")
+    config = write_config(tmp_path, faces)
+    result = runner.invoke(
+        app, ["train", "--config", config, "--no-progress", "--set", "data.val_identities=0",
+              "--set", f"data.num_workers={workers}", "--set", "train.batch_size=4"],
+    )
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0] == result.stderr.strip().splitlines()[-1]
+    assert errors[0].startswith("error: cannot read image") and "id01/img02.png" in errors[0]
+    assert "Traceback" not in result.output

@@ -5,7 +5,9 @@ import torch
 from conftest import tiny_config
 
 from facetrain.checkpoint import load_checkpoint, save_checkpoint
+from facetrain.config import config_from_dict
 from facetrain.errors import CheckpointError, ConfigError, DataError
+from facetrain.preprocess import Preprocess
 from facetrain.train import Trainer
 
 
@@ -24,7 +26,8 @@ def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
 
 def test_tiny_run_loss_falls_and_checkpoint_is_complete(faces, tmp_path):
     cfg = tiny_config(faces, tmp_path / "run", train={"epochs": 4})
-    result = make_trainer(cfg).fit()
+    trainer = make_trainer(cfg)
+    result = trainer.fit()
     losses = [epoch["loss"] for epoch in result.history]
     assert losses[-1] < 0.7 * losses[0], losses
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
@@ -32,6 +35,9 @@ def test_tiny_run_loss_falls_and_checkpoint_is_complete(faces, tmp_path):
         assert key in state
     assert state["epoch"] == 4 and state["step"] == 4 * 4  # 32 images / batch 8
     assert state["config"]["model"]["embedding_dim"] == 16
+    # The saved config alone reproduces the exact preprocessing (for eval, embed and export).
+    saved = config_from_dict(state["config"])
+    assert saved == cfg and Preprocess.from_config(saved.data) == trainer.data.train.preprocess
     assert (tmp_path / "run" / "config.yaml").read_text().count("embedding_dim: 16") == 1
     assert (tmp_path / "run" / "tensorboard").is_dir()
 
