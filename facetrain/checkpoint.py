@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from facetrain import __version__
-from facetrain.errors import CheckpointError
+from facetrain.errors import CheckpointError, FacetrainError
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "config", "num_classes", "embedder", "head")
@@ -48,18 +48,21 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     return target
 
 
+def read_tensors(file: Path, error: type[FacetrainError], what: str, fix: str) -> Any:
+    """``torch.load(weights_only=True)`` on CPU; a missing or unreadable file becomes one ``error`` line."""
+    if not file.is_file():
+        raise error(f"{what} '{file}' not found: {fix}")
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any failure to unpickle safely means the file is unusable
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise error(f"{what} '{file}' cannot be read safely ({reason}): {fix}") from None
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Reads a facetrain checkpoint with ``weights_only=True`` and checks its layout."""
     file = Path(path)
-    if not file.is_file():
-        raise CheckpointError(f"checkpoint '{file}' not found: give the path of a last.pt written by facetrain train")
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"checkpoint '{file}' cannot be read safely ({reason}): it is damaged or not a facetrain checkpoint"
-        ) from None
+    state = read_tensors(file, CheckpointError, "checkpoint", "give the path of a last.pt written by facetrain train")
     if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
         missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
         raise CheckpointError(f"checkpoint '{file}' is not a facetrain checkpoint (missing {', '.join(missing)})")

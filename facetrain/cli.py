@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TextIO
 
 import typer
 
@@ -54,11 +54,11 @@ class _CurrentStderr(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is at the time (test runners swap it per call)."""
 
     @property
-    def stream(self):  # noqa: ANN201 - matches the base attribute
+    def stream(self) -> TextIO:
         return sys.stderr
 
     @stream.setter
-    def stream(self, _value) -> None:  # noqa: ANN001
+    def stream(self, _value: TextIO) -> None:
         pass
 
 
@@ -93,7 +93,10 @@ def train(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Start afresh even if run_dir already holds last.pt.")
     ] = False,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the tqdm bar.")] = True,
+    progress: Annotated[
+        bool | None,
+        typer.Option("--progress/--no-progress", help="Show the tqdm bar (default: when stderr is a terminal)."),
+    ] = None,
 ) -> None:
     """Train an embedder with an ArcFace head on an identity-folder dataset.
 
@@ -107,7 +110,8 @@ def train(
     if config is None and resume is None:
         raise typer.BadParameter("give --config FILE, or --resume CHECKPOINT to continue a run")
     cfg = config_for_resume(resume, overrides) if config is None else load_config(config, overrides)
-    result = run_training(cfg, resume=resume, overwrite=overwrite, progress=progress)
+    show_bar = sys.stderr.isatty() if progress is None else progress
+    result = run_training(cfg, resume=resume, overwrite=overwrite, progress=show_bar)
     typer.echo(f"checkpoint: {result.checkpoint} (epoch {result.epochs_done}, step {result.steps_done})")
     if result.before is not None and result.after is not None:
         typer.echo(

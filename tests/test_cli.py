@@ -119,8 +119,19 @@ def test_corrupt_image_during_training_is_one_line_naming_the_file(tmp_path, wor
     (faces / "id01" / "img02.png").write_bytes(b"\x89PNG broken")
     config = write_config(tmp_path, faces)
     result = runner.invoke(
-        app, ["train", "--config", config, "--no-progress", "--set", "data.val_identities=0",
-              "--set", f"data.num_workers={workers}", "--set", "train.batch_size=4"],
+        app,
+        [
+            "train",
+            "--config",
+            config,
+            "--no-progress",
+            "--set",
+            "data.val_identities=0",
+            "--set",
+            f"data.num_workers={workers}",
+            "--set",
+            "train.batch_size=4",
+        ],
     )
     assert result.exit_code == 2, result.output
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from conftest import tiny_config
+
 from facetrain.models.heads import ArcFace
 from facetrain.train import Trainer
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
 from torch import nn
 from torchvision import models as tv
 
+from facetrain.checkpoint import read_tensors
 from facetrain.errors import ShapeError
 
 # name -> torchvision constructor; the classifier is stripped by ``features_of``.
@@ -62,12 +62,8 @@ def features_of(model: nn.Module) -> nn.Sequential:
 def load_pretrained(model: nn.Module, path: str, name: str) -> None:
     """Loads a local torchvision state dict into ``model``, ignoring its classifier."""
     file = Path(path)
-    if not file.is_file():
-        raise ShapeError(f"model.pretrained: weights file '{file}' not found: give a local .pth path or null")
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ShapeError(f"model.pretrained: cannot load '{file}' as a weights-only state dict: {exc}") from None
+    fix = f"give a local torchvision .pth file for {name}, or null to train from scratch"
+    state = read_tensors(file, ShapeError, "model.pretrained: weights file", fix)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
