@@ -19,15 +19,15 @@ from facetrain.errors import CheckpointError, FacetrainError
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "config", "num_classes", "embedder", "head")
-# Config keys that change the model's shapes or its input: a checkpoint cannot be resumed across them.
+RESUME_KEYS = ("class_names", "optimizer", "scheduler", "scaler", "epoch", "batch_in_epoch", "step", "rng")
+# Config keys that change the model's shapes, its input or the optimizer's state layout:
+# a checkpoint cannot be resumed across them.
 STRUCTURAL_KEYS = (
-    "model.backbone",
-    "model.embedding_dim",
-    "model.pool_size",
-    "head.type",
-    "data.image_size",
-    "data.center_crop",
-)
+    "model.backbone", "model.embedding_dim", "model.pool_size", "head.type",
+    "data.image_size", "data.center_crop", "train.optimizer",
+)  # fmt: skip
+# Keys that fix which samples make up each step: changing them mid-epoch would skip or repeat data.
+ORDER_KEYS = ("seed", "train.batch_size", "train.grad_accum_steps")
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
@@ -41,6 +41,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
             torch.save(payload, stream)
             stream.flush()
             os.fsync(stream.fileno())
+        os.chmod(temp_name, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual file mode
         os.replace(temp_name, target)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
@@ -63,9 +64,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Reads a facetrain checkpoint with ``weights_only=True`` and checks its layout."""
     file = Path(path)
     state = read_tensors(file, CheckpointError, "checkpoint", "give the path of a last.pt written by facetrain train")
-    if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
-        missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
-        raise CheckpointError(f"checkpoint '{file}' is not a facetrain checkpoint (missing {', '.join(missing)})")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint '{file}' holds a {type(state).__name__}, not a facetrain checkpoint")
+    require_keys(state, REQUIRED_KEYS, file, "a facetrain checkpoint")
+    if not isinstance(state["format_version"], int) or not isinstance(state["config"], dict):
+        raise CheckpointError(f"checkpoint '{file}' has a malformed header: it is not a facetrain checkpoint")
     if state["format_version"] > FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint '{file}' has format {state['format_version']}, newer than this facetrain "
@@ -87,16 +90,33 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """(dotted key, checkpoint value, current value) for every key that differs."""
     old, new = flatten(saved), flatten(current)
-    return [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+    def same(a: Any, b: Any) -> bool:  # 1 (pixels) and 1.0 (whole image) differ for center_crop
+        return a == b and type(a) is type(b)
+
+    return [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if not same(old.get(k), new.get(k))]
 
 
-def check_resumable(file: str | Path, saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Raises on structural differences; returns human-readable lines for the harmless ones."""
+def require_keys(state: dict[str, Any], keys: tuple[str, ...], file: str | Path, purpose: str) -> None:
+    missing = [key for key in keys if key not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint '{file}' lacks {', '.join(missing)}, so it cannot be used as {purpose}")
+
+
+def check_resumable(file: str | Path, saved: dict[str, Any], current: dict[str, Any], mid_epoch: bool) -> list[str]:
+    """Raises on changes that resuming cannot honour; returns readable lines for the harmless ones."""
     changes = config_differences(saved, current)
     for key, was, now in changes:
-        if key in STRUCTURAL_KEYS:
+        if key in STRUCTURAL_KEYS or (mid_epoch and key in ORDER_KEYS):
+            when = " in the middle of an epoch" if key in ORDER_KEYS else ""
             raise CheckpointError(
-                f"checkpoint '{file}' has {key} {was!r}, config says {now!r}: "
+                f"checkpoint '{file}' has {key} {was!r}, config says {now!r}, which cannot change{when}: "
                 f"set {key}: {was!r} to resume, or start a new run without --resume"
             )
     return [f"{key}: {was!r} -> {now!r}" for key, was, now in changes]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -42,7 +42,7 @@ def error_boundary(command: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             typer.echo(
-                "interrupted: the last checkpoint written is intact; continue with --resume RUN_DIR/last.pt",
+                "interrupted: checkpoints are replaced atomically, so the last one written is intact",
                 err=True,
             )
             raise typer.Exit(130) from None

@@ -9,8 +9,11 @@ This module is a leaf: it imports neither torch nor any other facetrain layer.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +23,13 @@ from typing import Any, Literal, Union
 import yaml
 
 from facetrain.errors import ConfigError
+
+# The backbone registry (facetrain.models.backbones) must offer exactly these; a test checks it.
+BACKBONE_NAMES = (
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+    "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
+)  # fmt: skip
+MAX_SEED = 2**32 - 1
 
 
 def option(default: Any, help: str, **rules: Any) -> Any:
@@ -32,7 +42,7 @@ class DataConfig:
     root: str = option("", "Training folder: one sub-folder of images per identity.")
     val_root: str | None = option(None, "Separate folder of held-out identities for verification (instead of a split).")
     val_identities: int = option(0, "Identities held out of `root` for verification (chosen with `split_seed`).", ge=0)
-    split_seed: int = option(0, "Seed that picks the held-out identities.", ge=0)
+    split_seed: int = option(0, "Seed that picks the held-out identities.", ge=0, le=MAX_SEED)
     min_images_per_identity: int = option(2, "Identities with fewer images are dropped (the count is logged).", ge=1)
     image_size: int = option(112, "Square input size in pixels after crop and resize.", ge=16)
     center_crop: int | float | None = option(
@@ -47,7 +57,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    backbone: str = option("resnet50", "torchvision backbone: resnet18/34/50/101/152, vgg11/13/16/19[_bn].")
+    backbone: Literal[BACKBONE_NAMES] = option(
+        "resnet50", "torchvision backbone: resnet18/34/50/101/152, vgg11/13/16/19 (with or without _bn)."
+    )
     pretrained: str | None = option(
         None, "Local torchvision weights file (.pth) for the backbone; null trains from scratch."
     )
@@ -92,7 +104,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class Config:
     run_dir: str = option("runs/facetrain", "Folder for checkpoints, the saved config and TensorBoard logs.")
-    seed: int = option(0, "Seed for weights, data order and augmentation.", ge=0)
+    seed: int = option(0, "Seed for weights, data order and augmentation.", ge=0, le=MAX_SEED)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
@@ -138,10 +150,12 @@ def dump_config(config: Config) -> str:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise ConfigError(f"config '{path}' is a directory: pass a YAML file to --config, e.g. configs/demo.yaml")
     if not path.is_file():
         raise ConfigError(f"config file '{path}' not found: pass an existing YAML file to --config")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = parse_yaml(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -156,13 +170,47 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys and reads only true/false as booleans.
+
+    YAML 1.1 turns ``on/off/yes/no`` into booleans, which would make ``amp: off`` the boolean
+    False; here they stay strings.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                mark = key_node.start_mark
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}' (line {mark.line + 1}): keep only one", mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """Safe YAML (no tags that build objects), strict about duplicates and booleans."""
+    return yaml.load(text, Loader=_StrictLoader)  # as safe as yaml.safe_load: a SafeLoader subclass
+
+
 def _apply_override(raw: dict[str, Any], text: str) -> None:
     key, sep, value_text = text.partition("=")
     key = key.strip()
     if not sep or not key:
         raise ConfigError(f"--set '{text}': expected KEY=VALUE, e.g. --set train.lr=0.01")
     try:
-        value = yaml.safe_load(value_text) if value_text.strip() else None
+        value = parse_yaml(value_text) if value_text.strip() else None
     except yaml.YAMLError:
         value = value_text
     parts = key.split(".")
@@ -201,7 +249,7 @@ def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
             continue
         ok, value, why = _coerce(raw[name], hint)
         if not ok:
-            problems.append(f"{dotted}: {why}, got {raw[name]!r}")
+            problems.append(f"{dotted}: {why}, got {raw[name]!r}{_suggest_choice(raw[name], hint)}")
             continue
         range_problem = _check_range(value, f.metadata)
         if range_problem:
@@ -244,17 +292,25 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any, str]:
             return True, value, ""
         return False, None, "must be a whole number"
     if hint is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True, float(value), ""
-        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
-            try:
-                return True, float(value), ""
-            except ValueError:
-                pass
-        return False, None, "must be a number"
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if number is None or not math.isfinite(number):
+            return False, None, "must be a finite number"
+        return True, number, ""
     if hint is str:
         return (True, value, "") if isinstance(value, str) else (False, None, "must be a string")
     raise TypeError(f"unsupported config type {hint!r}")  # a bug in the schema, not user input
+
+
+def _suggest_choice(value: Any, hint: Any) -> str:
+    if typing.get_origin(hint) is not Literal or not isinstance(value, str):
+        return ""
+    close = difflib.get_close_matches(value, [str(c) for c in typing.get_args(hint)], n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _check_range(value: Any, rules: typing.Mapping[str, Any]) -> str | None:
@@ -278,6 +334,8 @@ def _cross_checks(config: Config) -> list[str]:
         problems.append(
             "data.val_identities: set to 0 when data.val_root is given (held-out identities come from one place)"
         )
+    if data.val_identities == 1:
+        problems.append("data.val_identities: verification needs 0 or at least 2 held-out identities, got 1")
     if isinstance(data.center_crop, float) and data.center_crop > 1.0:
         problems.append(
             f"data.center_crop: a fraction must be <= 1.0, got {data.center_crop} (write a whole number for pixels)"

@@ -134,6 +134,7 @@ def build_datasets(cfg: DataConfig) -> Datasets:
         chosen = set(random.Random(cfg.split_seed).sample(range(len(identities)), cfg.val_identities))
         held_out = [item for i, item in enumerate(identities) if i in chosen]
         identities = [item for i, item in enumerate(identities) if i not in chosen]
+    _check_held_out(held_out, identities, "data.val_root" if cfg.val_root is not None else "data.val_identities")
     if len(identities) < 2:
         raise DataError(
             f"data.root: '{cfg.root}' has {len(identities)} usable identities; training needs at least 2 "
@@ -148,6 +149,28 @@ def build_datasets(cfg: DataConfig) -> Datasets:
         f"{len(held_out)} held-out identities, {len(val)} images" if val else "no held-out identities",
     )
     return Datasets(train, val)
+
+
+def _check_held_out(held_out: list[Identity], training: list[Identity], key: str) -> None:
+    if not held_out:
+        return
+    if len(held_out) < 2:
+        raise DataError(
+            f"{key}: {len(held_out)} held-out identity left after filtering; verification needs at least 2 "
+            "(add identities or lower data.min_images_per_identity)"
+        )
+    if all(len(paths) < 2 for _, paths in held_out):
+        raise DataError(
+            f"{key}: no held-out identity has 2 images, so there are no same-person pairs to verify: "
+            "use identities with at least 2 images"
+        )
+    shared = sorted({name for name, _ in held_out} & {name for name, _ in training})
+    if shared:
+        log.warning(
+            "data.val_root: %d held-out identity names also appear in data.root (e.g. %s); "
+            "held-out people should be different people",
+            len(shared), shared[0],
+        )  # fmt: skip
 
 
 def train_loader(

@@ -23,8 +23,8 @@ def all_pairs(embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Ten
         scores (P,) and is_same (P,) with P = N * (N - 1) / 2.
     """
     first, second = torch.triu_indices(len(labels), len(labels), offset=1)
-    scores = (embeddings[first] * embeddings[second]).sum(dim=1)
-    return scores, labels[first] == labels[second]
+    similarity = embeddings @ embeddings.t()  # (N, N): memory N*N, not pairs * D
+    return similarity[first, second], labels[first] == labels[second]
 
 
 def best_threshold(scores: torch.Tensor, is_same: torch.Tensor) -> ThresholdResult:

@@ -76,3 +76,16 @@ class WarmupDecay:
     def load_state_dict(self, state: dict) -> None:
         self.step_count = int(state["step_count"])
         self._apply()
+
+
+def apply_hyperparameters(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> None:
+    """Re-applies the config's weight decay and momentum after loading a saved optimizer state.
+
+    ``Optimizer.load_state_dict`` restores the saved param-group settings; a resumed run should use
+    the current config's values instead (the learning rate is set by the schedule every step).
+    """
+    decay, no_decay = optimizer.param_groups
+    decay["weight_decay"], no_decay["weight_decay"] = cfg.weight_decay, 0.0
+    if cfg.optimizer == "sgd":
+        for group in optimizer.param_groups:
+            group["momentum"] = cfg.momentum

@@ -1,7 +1,7 @@
-"""Image decoding and the deterministic preprocessing shared by train, eval and export.
+"""Image decoding and the deterministic preprocessing every consumer of a checkpoint shares.
 
-Training adds only a random horizontal flip on top of what is here, so every consumer of a
-checkpoint reproduces the exact input the model was trained on.
+Training adds only a random horizontal flip on top of what is here; ``Preprocess.from_config`` on a
+checkpoint's saved config reproduces the exact input the model was trained on.
 """
 
 from __future__ import annotations

@@ -13,12 +13,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from facetrain.checkpoint import check_resumable, load_checkpoint, save_checkpoint
+from facetrain.checkpoint import RESUME_KEYS, check_resumable, load_checkpoint, require_keys, save_checkpoint
 from facetrain.config import Config, config_to_dict, dump_config, resolve_config
 from facetrain.data import EpochSampler, build_datasets, eval_loader, train_loader
 from facetrain.errors import CheckpointError, ConfigError, DataError, TrainingError
 from facetrain.models import build_embedder, build_head
-from facetrain.optim import WarmupDecay, build_optimizer
+from facetrain.optim import WarmupDecay, apply_hyperparameters, build_optimizer
 from facetrain.runtime import (
     autocast,
     resolve_device,
@@ -83,8 +83,13 @@ class Trainer:
         self.tensorboard = TensorBoard(self.run_dir / "tensorboard")
         if self.resume_path:
             self._load(self.resume_path)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(dump_config(cfg))
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(dump_config(cfg))
+        except OSError as exc:
+            raise ConfigError(
+                f"run_dir: cannot write to '{self.run_dir}' ({exc.strerror}): choose another run_dir"
+            ) from None
         log.info(
             "model: %s -> %s embedding, ArcFace over %d classes; device %s, amp %s; %d steps/epoch",
             cfg.model.backbone,
@@ -96,7 +101,11 @@ class Trainer:
         )
 
     def _check_run_dir(self) -> None:
-        if self.resume_path or self.overwrite or not self.checkpoint_path.exists():
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ConfigError(f"run_dir: '{self.run_dir}' is a file, not a folder: set run_dir to a folder path")
+        if self.overwrite or not self.checkpoint_path.exists():
+            return
+        if self.resume_path and self.resume_path.resolve() == self.checkpoint_path.resolve():
             return
         raise ConfigError(
             f"run_dir: '{self.run_dir}' already holds last.pt from another run: pass --resume "
@@ -128,6 +137,17 @@ class Trainer:
         """Trains to ``train.epochs`` (or stops after ``stop_at_epoch`` completed epochs)."""
         last_epoch = self.config.train.epochs if stop_at_epoch is None else stop_at_epoch
         result = FitResult(self.checkpoint_path, self.step > 0, self.epoch, self.step)
+        try:
+            self._fit_epochs(result, last_epoch)
+        except KeyboardInterrupt:
+            log.info("interrupted at epoch %d, step %d; %s", self.epoch, self.step, self._last_checkpoint_note())
+            raise
+        finally:
+            self.tensorboard.close()
+        result.epochs_done, result.steps_done = self.epoch, self.step
+        return result
+
+    def _fit_epochs(self, result: FitResult, last_epoch: int) -> None:
         with logging_redirect_tqdm(loggers=[log]):
             if self.val_loader is not None:
                 result.before = self.evaluate()
@@ -143,9 +163,11 @@ class Trainer:
                     )
                 result.history.append(stats)
                 log.info("epoch %d/%d: %s", self.epoch, self.config.train.epochs, _format(stats))
-        self.tensorboard.close()
-        result.epochs_done, result.steps_done = self.epoch, self.step
-        return result
+
+    def _last_checkpoint_note(self) -> str:
+        if not self.checkpoint_path.exists():
+            return "no checkpoint was written yet"
+        return f"the last good checkpoint is {self.checkpoint_path}: continue with --resume {self.checkpoint_path}"
 
     def train_epoch(self) -> dict[str, float]:
         cfg = self.config.train
@@ -202,7 +224,7 @@ class Trainer:
         if not self.precision.needs_scaler and not torch.isfinite(grad_norm):
             raise TrainingError(
                 f"the gradient became {grad_norm.item()} at step {self.step + 1} (lr {self.scheduler.lr:.3g}): "
-                f"lower train.lr or set train.grad_clip; the last good checkpoint is {self.checkpoint_path}"
+                f"lower train.lr or set train.grad_clip; {self._last_checkpoint_note()}"
             )
         self.scaler.step(self.optimizer)  # skipped by the scaler when fp16 gradients overflowed
         self.scaler.update()
@@ -251,7 +273,9 @@ class Trainer:
 
     def _load(self, path: Path) -> None:
         state = load_checkpoint(path)
-        for line in check_resumable(path, state["config"], config_to_dict(self.config)):
+        require_keys(state, RESUME_KEYS, path, "a training checkpoint to resume")
+        mid_epoch = state["batch_in_epoch"] > 0
+        for line in check_resumable(path, state["config"], config_to_dict(self.config), mid_epoch):
             log.info("resuming with a changed setting: %s", line)
         if state["class_names"] != list(self.data.train.class_names):
             raise DataError(
@@ -262,6 +286,7 @@ class Trainer:
             self.embedder.load_state_dict(state["embedder"])
             self.head.load_state_dict(state["head"])
             self.optimizer.load_state_dict(state["optimizer"])
+            apply_hyperparameters(self.optimizer, self.config.train)
         except (RuntimeError, ValueError, KeyError) as exc:
             reason = str(exc).strip().splitlines()[0]
             raise CheckpointError(f"checkpoint '{path}' does not fit this model ({reason}): start a new run") from None

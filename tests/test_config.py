@@ -135,3 +135,55 @@ def test_readme_documents_every_key():
         [sys.executable, "scripts/config_reference.py", "--check"], cwd=REPO, capture_output=True, text=True
     )
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_on_off_yes_no_stay_strings(tmp_path):
+    # YAML 1.1 would read `off` as False, so the documented `amp: off` would be rejected.
+    assert load_config(write(tmp_path, "train:\n  amp: off\n")).train.amp == "off"
+    assert load_config(write(tmp_path, "{}\n"), ["train.amp=off"]).train.amp == "off"
+    with pytest.raises(ConfigError, match="data.hflip: must be true or false, got 'yes'"):
+        load_config(write(tmp_path, "data:\n  hflip: yes\n"))
+
+
+def test_duplicate_keys_are_an_error(tmp_path):
+    path = write(tmp_path, "train:\n  lr: 0.5\nseed: 1\ntrain:\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml:4:1: invalid YAML \(duplicate key 'train'"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("value", ["nan", ".nan", "inf", "-.inf", "1e999"])
+def test_non_finite_numbers_are_refused(value):
+    with pytest.raises(ConfigError, match="train.lr: must be a finite number"):
+        load_config(None, [f"train.lr={value}"])
+
+
+def test_seed_must_fit_the_generators():
+    with pytest.raises(ConfigError, match="seed: must be <= 4294967295"):
+        config_from_dict({"seed": 10**14})
+
+
+def test_backbone_typo_is_listed_with_the_other_problems():
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, ["model.backbone=resnet5O", "model.embeding_dim=3"])
+    lines = problems_of(exc)
+    assert len(lines) == 2
+    backbone = next(line for line in lines if line.startswith("model.backbone:"))
+    assert backbone.startswith("model.backbone: must be one of 'resnet18'")
+    assert backbone.endswith("got 'resnet5O' (did you mean 'resnet50'?)")
+
+
+def test_backbone_choices_match_the_registry():
+    from facetrain.config import BACKBONE_NAMES
+    from facetrain.models.backbones import backbone_names
+
+    assert sorted(BACKBONE_NAMES) == backbone_names()
+
+
+def test_a_directory_is_not_a_config(tmp_path):
+    with pytest.raises(ConfigError, match="is a directory: pass a YAML file"):
+        load_config(tmp_path)
+
+
+def test_one_held_out_identity_is_refused():
+    with pytest.raises(ConfigError, match="data.val_identities: verification needs 0 or at least 2"):
+        config_from_dict({"data": {"val_identities": 1}})

@@ -110,3 +110,13 @@ def test_epoch_sampler_depends_only_on_seed_and_epoch():
     assert list(sampler) != full
     no_flip = EpochSampler(20, seed=3, hflip=False)
     assert not any(flip for _, flip in no_flip)
+
+
+def test_held_out_root_too_small(tmp_path):
+    train = make_faces(tmp_path / "train", identities=3, per_identity=2)
+    one = make_faces(tmp_path / "one", identities=1, per_identity=3, seed=2)
+    with pytest.raises(DataError, match="data.val_root: 1 held-out identity left"):
+        build_datasets(DataConfig(root=str(train), val_root=str(one)))
+    singles = make_faces(tmp_path / "singles", identities=3, per_identity=1, seed=3)
+    with pytest.raises(DataError, match="no held-out identity has 2 images"):
+        build_datasets(DataConfig(root=str(train), val_root=str(singles), min_images_per_identity=1))

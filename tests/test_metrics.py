@@ -35,3 +35,15 @@ def test_all_pairs_counts_and_scores():
     scores, same = all_pairs(embeddings, torch.tensor([0, 0, 1]))
     assert scores.tolist() == pytest.approx([1.0, 0.0, 0.0])
     assert same.tolist() == [True, False, False]
+
+
+def test_all_pairs_matches_a_direct_loop():
+    generator = torch.Generator().manual_seed(0)
+    embeddings = torch.nn.functional.normalize(torch.randn(9, 5, generator=generator), dim=1)
+    labels = torch.tensor([0, 0, 1, 1, 1, 2, 3, 3, 4])
+    scores, same = all_pairs(embeddings, labels)
+    expected = [
+        (float(embeddings[i] @ embeddings[j]), bool(labels[i] == labels[j])) for i in range(9) for j in range(i + 1, 9)
+    ]
+    assert scores.tolist() == pytest.approx([score for score, _ in expected], abs=1e-6)
+    assert same.tolist() == [flag for _, flag in expected]

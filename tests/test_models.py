@@ -79,3 +79,11 @@ def test_pretrained_weights_for_another_backbone_are_refused(tmp_path):
         build_embedder(ModelConfig(backbone="resnet50", pretrained=str(path)), 64)
     with pytest.raises(ShapeError, match="not found"):
         build_embedder(ModelConfig(backbone="resnet18", pretrained=str(tmp_path / "none.pth")), 64)
+
+
+def test_old_weights_files_without_batchnorm_counters_load(tmp_path):
+    source = create_torchvision("vgg11_bn")
+    state = {k: v for k, v in source.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, tmp_path / "old.pth")
+    embedder = build_embedder(ModelConfig(backbone="vgg11_bn", pretrained=str(tmp_path / "old.pth")), 64)
+    assert torch.equal(embedder.backbone[0].weight, source.features[0].weight)

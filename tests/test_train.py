@@ -108,7 +108,8 @@ def test_resume_refuses_a_structurally_different_config(faces, tmp_path):
     make_trainer(tiny_config(faces, tmp_path / "run", train={"epochs": 1})).fit()
     changed = tiny_config(faces, tmp_path / "run", model={"embedding_dim": 32})
     with pytest.raises(
-        CheckpointError, match=r"has model.embedding_dim 16, config says 32: set model.embedding_dim: 16"
+        CheckpointError,
+        match=r"has model.embedding_dim 16, config says 32, which cannot change: set model.embedding_dim: 16",
     ):
         make_trainer(changed, resume=tmp_path / "run" / "last.pt")
 
@@ -154,3 +155,68 @@ def test_unsafe_checkpoint_is_refused(tmp_path):
 def test_batch_larger_than_dataset(faces, tmp_path):
     with pytest.raises(DataError, match="train.batch_size=64 is larger than the 32 training images"):
         make_trainer(tiny_config(faces, tmp_path / "run", train={"batch_size": 64}))
+
+
+def test_resume_applies_changed_hyperparameters(faces, tmp_path):
+    make_trainer(tiny_config(faces, tmp_path / "run", train={"epochs": 1})).fit()
+    changed = tiny_config(faces, tmp_path / "run", train={"weight_decay": 0.01, "momentum": 0.5})
+    resumed = make_trainer(changed, resume=tmp_path / "run" / "last.pt")
+    groups = resumed.optimizer.param_groups
+    assert [(g["weight_decay"], g["momentum"]) for g in groups] == [(0.01, 0.5), (0.0, 0.5)]
+    assert len(resumed.optimizer.state) > 0  # the momentum buffers themselves were restored
+
+
+def test_resume_refuses_another_optimizer(faces, tmp_path):
+    make_trainer(tiny_config(faces, tmp_path / "run", train={"epochs": 1})).fit()
+    with pytest.raises(CheckpointError, match="has train.optimizer 'sgd', config says 'adamw'"):
+        make_trainer(
+            tiny_config(faces, tmp_path / "run", train={"optimizer": "adamw", "lr": 1e-3}),
+            resume=tmp_path / "run" / "last.pt",
+        )
+
+
+def test_resume_refuses_a_new_batch_size_mid_epoch(faces, tmp_path):
+    trainer = make_trainer(tiny_config(faces, tmp_path / "run", train={"checkpoint_every_steps": 1}))
+    trainer.train_step(iter(trainer.loader), 1, ())
+    trainer.batch_in_epoch = 1
+    trainer.save()
+    with pytest.raises(CheckpointError, match="train.batch_size 8, config says 4, which cannot change in the middle"):
+        make_trainer(tiny_config(faces, tmp_path / "run", train={"batch_size": 4}), resume=tmp_path / "run" / "last.pt")
+
+
+def test_center_crop_pixels_and_fraction_differ():
+    from facetrain.checkpoint import config_differences
+
+    assert config_differences({"data": {"center_crop": 1}}, {"data": {"center_crop": 1.0}}) == [
+        ("data.center_crop", 1, 1.0)
+    ]
+
+
+def test_resume_into_another_runs_folder_is_refused(faces, tmp_path):
+    make_trainer(tiny_config(faces, tmp_path / "a", train={"epochs": 1})).fit()
+    make_trainer(tiny_config(faces, tmp_path / "b", train={"epochs": 1})).fit()
+    with pytest.raises(ConfigError, match="'.*b' already holds last.pt"):
+        make_trainer(tiny_config(faces, tmp_path / "b"), resume=tmp_path / "a" / "last.pt")
+
+
+def test_run_dir_that_is_a_file(faces, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="run_dir: '.*file' is a file, not a folder"):
+        make_trainer(tiny_config(faces, tmp_path / "file"))
+
+
+def test_checkpoint_without_training_state_cannot_resume(faces, tmp_path):
+    path = tmp_path / "weights.pt"
+    save_checkpoint({"config": {}, "num_classes": 4, "embedder": {}, "head": {}}, path)
+    with pytest.raises(CheckpointError, match="lacks class_names, optimizer.*cannot be used as a training checkpoint"):
+        make_trainer(tiny_config(faces, tmp_path / "run"), resume=path)
+    torch.save({"format_version": "1", "config": {}, "num_classes": 4, "embedder": {}, "head": {}}, path)
+    with pytest.raises(CheckpointError, match="malformed header"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_file_mode_follows_the_umask(tmp_path):
+    path = save_checkpoint({"config": {}, "num_classes": 2, "embedder": {}, "head": {}}, tmp_path / "last.pt")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask

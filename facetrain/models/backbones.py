@@ -70,7 +70,8 @@ def load_pretrained(model: nn.Module, path: str, name: str) -> None:
         raise ShapeError(f"model.pretrained: '{file}' holds a {type(state).__name__}, not a state dict")
     own = {k: v for k, v in model.state_dict().items() if not k.startswith(_CLASSIFIER_PREFIXES)}
     given = {k: v for k, v in state.items() if not k.startswith(_CLASSIFIER_PREFIXES)}
-    missing = [k for k in own if k not in given]
+    # Older torchvision files predate BatchNorm's step counter; it carries no learned weights.
+    missing = [k for k in own if k not in given and not k.endswith("num_batches_tracked")]
     mismatched = [
         f"{k} {tuple(given[k].shape)} vs {tuple(v.shape)}"
         for k, v in own.items()
@@ -83,4 +84,4 @@ def load_pretrained(model: nn.Module, path: str, name: str) -> None:
             f"({len(mismatched)} shape mismatches, {len(missing)} missing keys: {detail}): "
             "use weights saved for the configured model.backbone"
         )
-    model.load_state_dict({k: given[k] for k in own}, strict=False)
+    model.load_state_dict({k: given[k] for k in own if k in given}, strict=False)
