@@ -70,6 +70,8 @@ class Trainer:
         self._check_run_dir()
         self.device = resolve_device(cfg.train.device)
         self.precision = resolve_precision(cfg.train.amp, self.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
         seed_everything(cfg.seed)
         self.data = build_datasets(cfg.data)
         self._check_num_classes()
