@@ -14,8 +14,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
+# Train, then score best.pt on the held-out people's pairs with the full protocol.
 demo: install
 	$(BIN)/facetrain train --config configs/demo.yaml --overwrite
+	$(BIN)/facetrain eval --checkpoint runs/demo/best.pt --json runs/demo/eval.json --plot runs/demo/eval.png
 
 # pytest exits 5 when it collects no tests; that is not a failure of the code.
 test: install

@@ -9,7 +9,6 @@ This module is a leaf: no torch, and of facetrain only ``errors`` and the generi
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,8 @@ BACKBONE_NAMES = (
     "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
 )  # fmt: skip
 MAX_SEED = 2**32 - 1
+# Metrics that can choose best.pt; each names a number of the verification report.
+BEST_METRICS = ("accuracy", "roc_auc", "tar@far=1e-1", "tar@far=1e-2", "tar@far=1e-3", "tar@far=1e-4")
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,28 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class PairsSetConfig:
+    pairs: str = option("", "Pairs file: LFW pairs.txt layout, a plain `path1 path2 label` list, or a .bin.")
+    images: str | None = option(None, "Image root the pairs file refers to; null: the pairs file's folder.")
+    format: Literal["auto", "lfw", "list", "bin"] = option("auto", "Pairs file format (auto: detected).")
+    name: str | None = option(None, "Name in logs and reports; null: the file name without extension.")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    sets: tuple[PairsSetConfig, ...] = field(
+        default=(), metadata={"help": "Verification pairs sets, evaluated during training and by `facetrain eval`."}
+    )
+    folds: int = option(10, "Folds for files that declare none (each fold keeps the same/different balance).", ge=2)
+    flip: bool = option(True, "Flip fusion: add the embedding of the mirrored image before normalising.")
+    batch_size: int = option(64, "Images per batch when embedding.", ge=1)
+    every_steps: int = option(0, "During training, also evaluate every N optimizer steps (0: epoch ends only).", ge=0)
+    best_metric: Literal[BEST_METRICS] = option(
+        "accuracy", "Metric on the first set that picks best.pt (TAR@FAR where measurable)."
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     run_dir: str = option("runs/facetrain", "Folder for checkpoints, the saved config and TensorBoard logs.")
     seed: int = option(0, "Seed for weights, data order and augmentation.", ge=0, le=MAX_SEED)
@@ -101,6 +124,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 # --------------------------------------------------------------------------- parsing
@@ -134,7 +158,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
 
 def config_to_dict(config: Config) -> dict[str, Any]:
     """Plain nested dict of the resolved config (for YAML files and checkpoints)."""
-    return dataclasses.asdict(config)
+    return schema.to_plain(config)
 
 
 def dump_config(config: Config) -> str:
@@ -231,6 +255,9 @@ def _cross_checks(config: Config) -> list[str]:
         )
     if train.warmup_epochs > train.epochs:
         problems.append(f"train.warmup_epochs: {train.warmup_epochs} is longer than train.epochs ({train.epochs})")
+    for index, pairs_set in enumerate(config.eval.sets):
+        if not pairs_set.pairs:
+            problems.append(f"eval.sets[{index}].pairs: required: the path of a pairs file")
     if train.min_lr > train.lr:
         problems.append(f"train.min_lr: {train.min_lr} is above train.lr ({train.lr})")
     return problems

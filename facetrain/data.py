@@ -119,6 +119,20 @@ class Datasets:
 def build_datasets(cfg: DataConfig) -> Datasets:
     """Scans the folders, drops small identities and holds out verification identities."""
     preprocess = Preprocess.from_config(cfg)
+    identities, held_out = split_identities(cfg)
+    train = FaceDataset(identities, preprocess)
+    val = FaceDataset(held_out, preprocess) if held_out else None
+    log.info(
+        "data: %d training identities, %d images; %s",
+        len(identities),
+        len(train),
+        f"{len(held_out)} held-out identities, {len(val)} images" if val else "no held-out identities",
+    )
+    return Datasets(train, val)
+
+
+def split_identities(cfg: DataConfig) -> tuple[list[Identity], list[Identity]]:
+    """(training identities, held-out identities) after filtering, by split or from ``val_root``."""
     identities = drop_small(scan_identities(cfg.root), cfg.min_images_per_identity, "data.root")
     held_out: list[Identity] = []
     if cfg.val_root is not None:
@@ -140,15 +154,7 @@ def build_datasets(cfg: DataConfig) -> Datasets:
             f"data.root: '{cfg.root}' has {len(identities)} usable identities; training needs at least 2 "
             "(check data.min_images_per_identity)"
         )
-    train = FaceDataset(identities, preprocess)
-    val = FaceDataset(held_out, preprocess) if held_out else None
-    log.info(
-        "data: %d training identities, %d images; %s",
-        len(identities),
-        len(train),
-        f"{len(held_out)} held-out identities, {len(val)} images" if val else "no held-out identities",
-    )
-    return Datasets(train, val)
+    return identities, held_out
 
 
 def _check_held_out(held_out: list[Identity], training: list[Identity], key: str) -> None:

@@ -62,3 +62,90 @@ def roc_auc(scores: torch.Tensor, is_same: torch.Tensor) -> float:
     mean_rank = ends - (counts.double() - 1) / 2  # 1-based average rank of each distinct value
     rank_sum = mean_rank[inverse][is_same].sum().item()
     return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+
+
+def roc_curve(scores: torch.Tensor, is_same: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """False-accept rate, true-accept rate and threshold at every distinct score, strictest first.
+
+    Point k accepts ("same") every pair whose score is >= thresholds[k]. The first point (threshold
+    +inf) accepts nothing, so the curve runs from (0, 0) to (1, 1).
+    """
+    scores = scores.double()
+    positives = max(int(is_same.sum()), 1)
+    negatives = max(len(is_same) - int(is_same.sum()), 1)
+    order = torch.argsort(scores, descending=True)
+    sorted_scores, sorted_same = scores[order], is_same[order].long()
+    true_accepts = sorted_same.cumsum(0)
+    false_accepts = (1 - sorted_same).cumsum(0)
+    # Keep the last position of each run of equal scores: a threshold accepts all of them or none.
+    last_of_run = torch.ones(len(scores), dtype=torch.bool)
+    last_of_run[:-1] = sorted_scores[1:] != sorted_scores[:-1]
+    zero = torch.zeros(1, dtype=torch.float64)
+    far = torch.cat([zero, false_accepts[last_of_run].double() / negatives])
+    tar = torch.cat([zero, true_accepts[last_of_run].double() / positives])
+    thresholds = torch.cat([torch.tensor([float("inf")], dtype=torch.float64), sorted_scores[last_of_run]])
+    return far, tar, thresholds
+
+
+def equal_error_rate(scores: torch.Tensor, is_same: torch.Tensor) -> float:
+    """The error rate where the false-accept rate equals the false-reject rate (linear interpolation)."""
+    far, tar, _ = roc_curve(scores, is_same)
+    frr = 1.0 - tar
+    gap = far - frr  # rises from -1 to +1 along the curve
+    k = int(torch.nonzero(gap >= 0)[0])
+    if k == 0 or gap[k] == 0:
+        return float(far[k])
+    # Interpolate between points k-1 and k, where the sign of (far - frr) changes.
+    weight = float(-gap[k - 1] / (gap[k] - gap[k - 1]))
+    return float(far[k - 1] + weight * (far[k] - far[k - 1]))
+
+
+def tar_at_far(scores: torch.Tensor, is_same: torch.Tensor, target_far: float) -> float | None:
+    """Highest true-accept rate whose false-accept rate is <= ``target_far``.
+
+    None when there are too few negative pairs to measure that FAR (fewer than 1 / target_far).
+    """
+    negatives = len(is_same) - int(is_same.sum())
+    if negatives * target_far < 1.0 - 1e-9:
+        return None
+    far, tar, _ = roc_curve(scores, is_same)
+    allowed = far <= target_far + 1e-12
+    return float(tar[allowed].max())
+
+
+@dataclass(frozen=True)
+class KFoldResult:
+    mean: float
+    std: float
+    threshold_mean: float
+    fold_accuracies: list[float]
+    fold_thresholds: list[float]
+
+
+def kfold_accuracy(scores: torch.Tensor, is_same: torch.Tensor, folds: torch.Tensor) -> KFoldResult:
+    """Cross-validated accuracy: each fold is scored with the threshold that is best on the other folds."""
+    accuracies, thresholds = [], []
+    for fold in torch.unique(folds).tolist():
+        test = folds == fold
+        chosen = best_threshold(scores[~test], is_same[~test]).threshold
+        predicted = scores[test] >= chosen
+        accuracies.append(float((predicted == is_same[test]).double().mean()))
+        thresholds.append(chosen)
+    values = torch.tensor(accuracies, dtype=torch.float64)
+    std = float(values.std(unbiased=False)) if len(accuracies) > 1 else 0.0
+    return KFoldResult(float(values.mean()), std, sum(thresholds) / len(thresholds), accuracies, thresholds)
+
+
+def balanced_folds(is_same: torch.Tensor, k: int) -> torch.Tensor:
+    """Fold of each pair: the i-th same pair and the i-th different pair go to fold ``i mod k``."""
+    folds = torch.empty(len(is_same), dtype=torch.long)
+    for flag in (True, False):
+        positions = torch.nonzero(is_same == flag).flatten()
+        folds[positions] = torch.arange(len(positions)) % k
+    return folds
+
+
+def contiguous_folds(count: int, k: int) -> torch.Tensor:
+    """k consecutive blocks, the first ``count % k`` one pair longer (scikit-learn's KFold without shuffle)."""
+    sizes = [count // k + (1 if i < count % k else 0) for i in range(k)]
+    return torch.repeat_interleave(torch.arange(k), torch.tensor(sizes))

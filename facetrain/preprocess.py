@@ -6,6 +6,7 @@ checkpoint's saved config reproduces the exact input the model was trained on.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +25,13 @@ MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Decodes any common format (grey, RGB, RGBA, palette, 16-bit PGM) to 8-bit RGB."""
+def load_image(path: str | Path, data: bytes | None = None) -> Image.Image:
+    """Decodes any common format (grey, RGB, RGBA, palette, 16-bit PGM) to 8-bit RGB.
+
+    ``data``, when given, holds the encoded image (``path`` then only names it in errors).
+    """
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data) if data is not None else path) as image:
             image.load()
             if image.mode in ("I;16", "I;16B", "I;16L", "I"):
                 # 16-bit grey: keep the top 8 bits rather than clipping at 255.
@@ -74,5 +78,5 @@ class Preprocess:
         scaled = pixels.float().div_(255.0)
         return TF.normalize(scaled, MEAN, STD)
 
-    def load(self, path: str | Path, flip: bool = False) -> torch.Tensor:
-        return self(load_image(path), flip=flip, source=str(path))
+    def load(self, path: str | Path, flip: bool = False, data: bytes | None = None) -> torch.Tensor:
+        return self(load_image(path, data), flip=flip, source=str(path))

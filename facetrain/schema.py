@@ -48,6 +48,10 @@ def build(cls: type, raw: Any, prefix: str, problems: list[str], root: type) -> 
         if dataclasses.is_dataclass(hint):
             values[name] = build(hint, raw[name], dotted + ".", problems, root)
             continue
+        item_class = section_list_item(hint)
+        if item_class is not None:
+            values[name] = _build_list(item_class, raw[name], dotted, problems, root)
+            continue
         ok, value, why = _coerce(raw[name], hint)
         if not ok:
             problems.append(f"{dotted}: {why}, got {raw[name]!r}{_suggest_choice(raw[name], hint)}")
@@ -57,12 +61,43 @@ def build(cls: type, raw: Any, prefix: str, problems: list[str], root: type) -> 
             problems.append(f"{dotted}: {range_problem}, got {raw[name]!r}")
             continue
         values[name] = value
-    if any(v is None and dataclasses.is_dataclass(hints[k]) for k, v in values.items()):
+    if any(v is None and _is_section(hints[k]) for k, v in values.items()):
         return None
     try:
         return cls(**values)
     except TypeError:  # a value was rejected above; the problem is already recorded
         return None
+
+
+def section_list_item(hint: Any) -> type | None:
+    """The dataclass ``X`` of a ``tuple[X, ...]`` field (a YAML list of sections), else None."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple and args and dataclasses.is_dataclass(args[0]):
+        return args[0]
+    return None
+
+
+def _is_section(hint: Any) -> bool:
+    return dataclasses.is_dataclass(hint) or section_list_item(hint) is not None
+
+
+def _build_list(item_class: type, raw: Any, dotted: str, problems: list[str], root: type) -> tuple | None:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        problems.append(f"{dotted}: expected a list of sections, got {raw!r}")
+        return None
+    items = [build(item_class, item, f"{dotted}[{i}].", problems, root) for i, item in enumerate(raw)]
+    return None if any(item is None for item in items) else tuple(items)
+
+
+def to_plain(value: Any) -> Any:
+    """Dataclasses and tuples -> dicts and lists (for YAML dumps and checkpoints)."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(item) for item in value]
+    return value
 
 
 def _coerce(value: Any, hint: Any) -> tuple[bool, Any, str]:
@@ -133,8 +168,11 @@ def all_keys(cls: type, prefix: str = "") -> list[str]:
     keys: list[str] = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            keys.extend(all_keys(hints[f.name], f"{prefix}{f.name}."))
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            keys.extend(all_keys(hint, f"{prefix}{f.name}."))
+        elif section_list_item(hint) is not None:
+            keys.extend(all_keys(section_list_item(hint), f"{prefix}{f.name}[]."))
         else:
             keys.append(prefix + f.name)
     return keys
@@ -161,6 +199,10 @@ def describe_keys(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]
         hint = hints[f.name]
         if dataclasses.is_dataclass(hint):
             rows.extend(describe_keys(hint, f"{prefix}{f.name}."))
+            continue
+        if section_list_item(hint) is not None:
+            rows.append((prefix + f.name, "list", "[]", f.metadata.get("help", "")))
+            rows.extend(describe_keys(section_list_item(hint), f"{prefix}{f.name}[]."))
             continue
         default = getattr(defaults, f.name)
         shown = (

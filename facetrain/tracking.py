@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -16,12 +17,26 @@ class TensorBoard:
         self._writer = None
 
     def scalars(self, values: dict[str, float], step: int) -> None:
+        writer = self._writer_or_new()
+        for name, value in values.items():
+            writer.add_scalar(name, value, step)
+
+    def figure(self, tag: str, figure: Any, step: int) -> None:
+        """Logs a matplotlib Figure as an image (rendered with Agg; no pyplot)."""
+        import numpy as np
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        canvas = FigureCanvasAgg(figure)
+        canvas.draw()
+        pixels = np.asarray(canvas.buffer_rgba())[..., :3]  # (H, W, 3) uint8
+        self._writer_or_new().add_image(tag, pixels, step, dataformats="HWC")
+
+    def _writer_or_new(self) -> Any:
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(str(self.folder))
-        for name, value in values.items():
-            self._writer.add_scalar(name, value, step)
+        return self._writer
 
     def close(self) -> None:
         if self._writer is not None:

@@ -15,9 +15,10 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from facetrain.checkpoint import RESUME_KEYS, check_resumable, load_checkpoint, require_keys, save_checkpoint
 from facetrain.config import Config, config_to_dict, dump_config, resolve_config
-from facetrain.data import EpochSampler, build_datasets, eval_loader, train_loader
+from facetrain.data import EpochSampler, build_datasets, train_loader
 from facetrain.errors import CheckpointError, ConfigError, DataError, TrainingError
 from facetrain.models import build_embedder, build_head
+from facetrain.monitor import Evaluation, Monitor
 from facetrain.optim import WarmupDecay, apply_hyperparameters, build_optimizer
 from facetrain.runtime import (
     autocast,
@@ -28,7 +29,6 @@ from facetrain.runtime import (
     set_rng_state,
 )
 from facetrain.tracking import Meter, TensorBoard
-from facetrain.verification import HoldoutResult, holdout_verification
 
 log = logging.getLogger("facetrain")
 
@@ -41,8 +41,9 @@ class FitResult:
     resumed: bool
     epochs_done: int
     steps_done: int
-    before: HoldoutResult | None = None
-    after: HoldoutResult | None = None
+    before: Evaluation | None = None
+    after: Evaluation | None = None
+    best: Path | None = None
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -83,6 +84,9 @@ class Trainer:
         self.scheduler = WarmupDecay(self.optimizer, cfg.train, cfg.train.epochs * self.steps_per_epoch, warmup)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.needs_scaler)
         self.tensorboard = TensorBoard(self.run_dir / "tensorboard")
+        self.monitor = Monitor(cfg, self.data.val, self.device, self.precision, self.tensorboard)
+        self.best_path = self.run_dir / "best.pt"
+        self.best_value: float | None = None
         if self.resume_path:
             self._load(self.resume_path)
         try:
@@ -130,9 +134,6 @@ class Trainer:
         self.loader = train_loader(self.data.train, self.sampler, cfg.train.batch_size, cfg.data.num_workers, pin)
         self.micro_batches = len(self.data.train) // cfg.train.batch_size
         self.steps_per_epoch = math.ceil(self.micro_batches / cfg.train.grad_accum_steps)
-        self.val_loader = None
-        if self.data.val is not None:
-            self.val_loader = eval_loader(self.data.val, cfg.train.batch_size, cfg.data.num_workers, pin)
 
     # ------------------------------------------------------------------ fit
     def fit(self, stop_at_epoch: int | None = None) -> FitResult:
@@ -151,20 +152,29 @@ class Trainer:
 
     def _fit_epochs(self, result: FitResult, last_epoch: int) -> None:
         with logging_redirect_tqdm(loggers=[log]):
-            if self.val_loader is not None:
-                result.before = self.evaluate()
+            if self.monitor.active:
+                result.before = self.monitor.evaluate(self.embedder, self.step)
                 stage = "before training" if self.step == 0 else f"at resume (epoch {self.epoch})"
-                log.info("held-out verification %s: %s", stage, result.before.summary())
+                log.info("verification %s: %s", stage, result.before.detail)
             while self.epoch < last_epoch:
                 stats = self.train_epoch()
-                if self.val_loader is not None:
-                    result.after = self.evaluate()
-                    stats["holdout_accuracy"] = result.after.accuracy
-                    self.tensorboard.scalars(
-                        {"holdout/accuracy": result.after.accuracy, "holdout/roc_auc": result.after.auc}, self.step
-                    )
+                if self.monitor.active:
+                    result.after = self.evaluate_and_keep_best()
+                    stats["verification"] = result.after.value
                 result.history.append(stats)
                 log.info("epoch %d/%d: %s", self.epoch, self.config.train.epochs, _format(stats))
+        if self.best_path.exists():
+            result.best = self.best_path
+
+    def evaluate_and_keep_best(self) -> Evaluation:
+        """Runs verification; writes best.pt when ``eval.best_metric`` improves."""
+        evaluation = self.monitor.evaluate(self.embedder, self.step)
+        value = evaluation.best_value
+        if value is not None and (self.best_value is None or value > self.best_value):
+            self.best_value = value
+            save_checkpoint(self.state(), self.best_path)
+            log.info("best.pt: %s %.4f at step %d", self.config.eval.best_metric, value, self.step)
+        return evaluation
 
     def _last_checkpoint_note(self) -> str:
         if not self.checkpoint_path.exists():
@@ -195,6 +205,9 @@ class Trainer:
                     self._log_step(log_meter, grad_norm, bar)
                 if cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0:
                     self.save()
+                every = self.config.eval.every_steps
+                if every and self.step % every == 0 and self.monitor.active:
+                    self.evaluate_and_keep_best()
         self.epoch += 1
         self.batch_in_epoch = 0
         self.save()
@@ -250,9 +263,6 @@ class Trainer:
             self.step,
         )
 
-    def evaluate(self) -> HoldoutResult:
-        return holdout_verification(self.embedder, self.val_loader, self.device, self.precision)
-
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict[str, Any]:
         return {
@@ -268,6 +278,7 @@ class Trainer:
             "batch_in_epoch": self.batch_in_epoch,
             "step": self.step,
             "rng": rng_state(),
+            "best_value": self.best_value,
         }
 
     def save(self) -> Path:
@@ -296,6 +307,7 @@ class Trainer:
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
+        self.best_value = state.get("best_value")
         set_rng_state(state["rng"])  # last, after everything that draws random numbers while building
         log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step)
 
@@ -320,6 +332,6 @@ def _format(stats: dict[str, float]) -> str:
         f"lr {stats['lr']:.2e}",
         f"{stats['images_per_sec']:.0f} img/s",
     ]
-    if "holdout_accuracy" in stats:
-        parts.append(f"held-out acc {stats['holdout_accuracy']:.4f}")
+    if "verification" in stats:
+        parts.append(f"verification acc {stats['verification']:.4f}")
     return ", ".join(parts)

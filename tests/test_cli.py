@@ -41,7 +41,8 @@ def test_train_prints_checkpoint_and_holdout_accuracy(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "checkpoint: " in result.stdout and "(epoch 2, step 6)" in result.stdout
-    assert "held-out verification accuracy: before training" in result.stdout
+    assert "held-out all-pairs accuracy: before training" in result.stdout
+    assert f"best checkpoint: {tmp_path / 'run' / 'best.pt'}" in result.stdout
     assert (tmp_path / "run" / "last.pt").is_file()
 
     # Resume from the checkpoint alone (its config travels inside it), two more epochs.

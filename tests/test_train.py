@@ -220,3 +220,40 @@ def test_checkpoint_file_mode_follows_the_umask(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def faces_pairs(faces, path):
+    """A plain pairs list over the synthetic faces: 8 same and 8 different pairs."""
+    lines = [f"id{i % 4:02d}/img0{i // 4}.png id{i % 4:02d}/img0{i // 4 + 2}.png 1" for i in range(8)]
+    lines += [f"id{i % 4:02d}/img0{i // 4}.png id{(i + 1) % 4:02d}/img0{i // 4}.png 0" for i in range(8)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_pairs_evaluation_keeps_best_and_resume_stays_exact(faces, tmp_path):
+    pairs = faces_pairs(faces, tmp_path / "pairs.txt")
+    overrides = {"eval": {"sets": [{"pairs": str(pairs), "images": str(faces), "name": "toy"}], "folds": 2,
+                          "every_steps": 3, "best_metric": "roc_auc"}}  # fmt: skip
+    straight = make_trainer(tiny_config(faces, tmp_path / "a", **overrides))
+    result = straight.fit()
+    assert result.best == tmp_path / "a" / "best.pt" and result.after.label == "toy 2-fold accuracy"
+    best = load_checkpoint(result.best)
+    assert best["best_value"] == straight.best_value and 0.0 <= best["best_value"] <= 1.0
+    assert best["step"] <= straight.step
+    assert any((tmp_path / "a" / "tensorboard").iterdir())
+
+    first = make_trainer(tiny_config(faces, tmp_path / "b", **overrides))
+    first.fit(stop_at_epoch=1)
+    resumed = make_trainer(tiny_config(faces, tmp_path / "b", **overrides), resume=tmp_path / "b" / "last.pt")
+    resumed.fit()
+    a, b = weights(straight), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.best_value == straight.best_value
+
+
+def test_a_bad_pairs_file_fails_before_training(faces, tmp_path):
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("id00/img00.png id00/img01.png maybe\n")
+    cfg = tiny_config(faces, tmp_path / "run", eval={"sets": [{"pairs": str(pairs), "images": str(faces)}]})
+    with pytest.raises(DataError, match="pairs.txt:1: label must be 1 or 0"):
+        make_trainer(cfg)

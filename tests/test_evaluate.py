@@ -1,0 +1,150 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import ORL, REPO, tiny_config
+from typer.testing import CliRunner
+
+from facetrain.cli import app
+from facetrain.config import ModelConfig
+from facetrain.evaluate import embed_pairs_images, load_model, report_pairs
+from facetrain.models import build_embedder
+from facetrain.pairs import PairList, read_pairs
+from facetrain.preprocess import Preprocess
+from facetrain.runtime import Precision
+from facetrain.train import Trainer
+
+CPU = torch.device("cpu")
+FP32 = Precision(None)
+ORL_PAIRS = REPO / "facetrain" / "assets" / "orl_holdout_pairs.txt"
+runner = CliRunner()
+
+
+def list_pairs(tmp_path: Path, root: Path, lines: list[str]) -> Path:
+    path = tmp_path / "pairs_list.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class Counting(torch.nn.Module):
+    """Wraps an embedder and counts the images it sees."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner, self.seen = inner, 0
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.seen += len(images)
+        return self.inner(images)
+
+
+@pytest.fixture
+def embedder() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_embedder(ModelConfig(backbone="resnet18", embedding_dim=16), 32).eval()
+
+
+def test_each_unique_image_is_embedded_once_and_flip_fusion_is_exact(tmp_path, faces, embedder):
+    pairs_file = list_pairs(tmp_path, faces, [
+        "id00/img00.png id00/img01.png 1",
+        "id00/img00.png id01/img00.png 0",  # img00 repeats
+        "id01/img00.png id01/img01.png 1",
+        "id00/img01.png id01/img01.png 0",
+    ])  # fmt: skip
+    pairs = read_pairs(pairs_file, faces)
+    assert len(pairs.images) == 4
+    counting = Counting(embedder).eval()
+    preprocess = Preprocess(32)
+    plain, fused = embed_pairs_images(counting, pairs, preprocess, CPU, FP32, batch_size=3)
+    assert counting.seen == 2 * 4  # each unique image and its mirror, once
+    image = preprocess.load(pairs.images[2]).unsqueeze(0)
+    with torch.no_grad():
+        direct, mirrored = embedder(image), embedder(image.flip(-1))
+    assert torch.allclose(fused[2], F.normalize(direct + mirrored, dim=1)[0], atol=1e-5)
+    assert torch.allclose(plain[2], F.normalize(direct, dim=1)[0], atol=1e-5)
+    no_flip_plain, no_fused = embed_pairs_images(embedder, pairs, preprocess, CPU, FP32, flip=False)
+    assert no_fused is None and torch.allclose(no_flip_plain, plain, atol=1e-6)
+
+
+def synthetic_pairs(fmt: str, folds: list[int] | None, same: list[bool]) -> PairList:
+    count = len(same)
+    return PairList(
+        name="synthetic", source=Path("synthetic.txt"), format=fmt, images=[Path(f"{i}.png") for i in range(2 * count)],
+        left=list(range(0, 2 * count, 2)), right=list(range(1, 2 * count, 2)), is_same=same, folds=folds,
+    )  # fmt: skip
+
+
+def test_fold_rules_per_format():
+    same = [True] * 20 + [False] * 20  # all same pairs first, like the View-1 files
+    generator = torch.Generator().manual_seed(0)
+    embeddings = F.normalize(torch.randn(80, 8, generator=generator), dim=1)
+    view1 = report_pairs(synthetic_pairs("lfw", None, same), embeddings, None, folds=4)
+    assert view1.folds == 4 and "i mod 4" in view1.fold_rule
+    binary = report_pairs(synthetic_pairs("bin", None, same), embeddings, None, folds=4)
+    assert binary.folds == 10 and "contiguous" in binary.fold_rule
+    declared = report_pairs(synthetic_pairs("lfw", [i // 20 for i in range(40)], same), embeddings, None, folds=4)
+    assert declared.folds == 2 and declared.fold_rule == "as declared by the file"
+    assert view1.plain.tar_at_far["1e-1"] is not None and view1.plain.tar_at_far["1e-2"] is None
+    assert view1.flip is None and view1.headline is view1.plain
+
+
+def test_load_model_reproduces_the_trained_embedder(faces, tmp_path):
+    trainer = Trainer(tiny_config(faces, tmp_path / "run", train={"epochs": 1}), progress=False)
+    trainer.setup()
+    trainer.fit()
+    loaded = load_model(tmp_path / "run" / "last.pt", CPU)
+    images = torch.randn(3, 3, 32, 32)
+    trainer.embedder.eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded.embedder(images), trainer.embedder(images), atol=1e-6)
+    assert loaded.preprocess == Preprocess(32) and not loaded.embedder.training
+
+
+@pytest.fixture(scope="module")
+def orl_checkpoint(tmp_path_factory) -> Path:
+    """An (untrained) checkpoint of the demo's shape at 32 px: eval only needs weights and config."""
+    run = tmp_path_factory.mktemp("orl") / "run"
+    cfg = tiny_config(ORL, run, data={"val_identities": 10, "image_size": 32}, model={"embedding_dim": 32})
+    trainer = Trainer(cfg, progress=False)
+    trainer.setup()
+    return trainer.save()
+
+
+def test_cli_eval_on_the_bundled_orl_pairs(orl_checkpoint, tmp_path):
+    result = runner.invoke(app, [
+        "eval", "--checkpoint", str(orl_checkpoint), "--pairs", str(ORL_PAIRS), "--images", str(ORL),
+        "--json", str(tmp_path / "eval.json"), "--plot", str(tmp_path / "eval.png"),
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "orl_holdout_pairs: 600 pairs (300 same / 300 different), 100 unique images" in out
+    for label in ("accuracy", "ROC AUC", "EER", "TAR@FAR=1e-1", "TAR@FAR=1e-2"):
+        assert label in out
+    assert "n/a (only 300 negatives)" in out  # FAR 1e-3 needs 1000 negatives
+    report = json.loads((tmp_path / "eval.json").read_text())["sets"][0]
+    assert len(report["flip"]["fold_accuracies"]) == 10 and report["unique_images"] == 100
+    mean = sum(report["flip"]["fold_accuracies"]) / 10
+    assert report["flip"]["accuracy"] == pytest.approx(mean)
+    assert report["flip"]["tar_at_far"]["1e-3"] is None
+    assert (tmp_path / "eval.png").stat().st_size > 10_000
+
+
+def test_cli_eval_errors_are_one_line(orl_checkpoint, tmp_path):
+    bad = tmp_path / "pairs.txt"
+    bad.write_text("2\ns1\t1\t2\ns2\t1\n")
+    result = runner.invoke(
+        app, ["eval", "--checkpoint", str(orl_checkpoint), "--pairs", str(bad), "--images", str(ORL)]
+    )
+    assert result.exit_code == 2
+    assert "pairs.txt:3: expected 3 or 4 tab-separated fields, got 2" in result.stderr
+    missing = tmp_path / "missing.txt"
+    missing.write_text("1\ns1\t1\t2\ns1\t3\tnobody\t1\n")
+    result = runner.invoke(
+        app, ["eval", "--checkpoint", str(orl_checkpoint), "--pairs", str(missing), "--images", str(ORL)]
+    )
+    assert result.exit_code == 2 and "missing" in result.stderr and "nobody" in result.stderr
+    assert "Traceback" not in result.output
+    nothing = runner.invoke(app, ["eval", "--checkpoint", str(orl_checkpoint)])
+    assert nothing.exit_code == 2 and "nothing to evaluate" in nothing.stderr
