@@ -148,3 +148,28 @@ def test_cli_eval_errors_are_one_line(orl_checkpoint, tmp_path):
     assert "Traceback" not in result.output
     nothing = runner.invoke(app, ["eval", "--checkpoint", str(orl_checkpoint)])
     assert nothing.exit_code == 2 and "nothing to evaluate" in nothing.stderr
+
+
+def test_cli_pairs_writes_a_readable_lfw_file(tmp_path):
+    out = tmp_path / "orl_pairs.txt"
+    result = runner.invoke(
+        app, ["pairs", "--root", str(ORL), "--folds", "3", "--pairs-per-fold", "4", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert out.read_text().splitlines()[0] == "3\t4"
+    pairs = read_pairs(out, ORL)
+    assert (len(pairs.is_same), sum(pairs.is_same), sorted(set(pairs.folds))) == (24, 12, [0, 1, 2])
+    again = tmp_path / "again.txt"
+    runner.invoke(app, ["pairs", "--root", str(ORL), "--folds", "3", "--pairs-per-fold", "4", "--out", str(again)])
+    assert again.read_text() == out.read_text()  # seeded
+
+
+def test_cli_pairs_from_the_demo_config_matches_the_committed_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)  # the demo config's paths are relative to the repository root
+    out = tmp_path / "holdout.txt"
+    result = runner.invoke(app, ["pairs", "--config", str(REPO / "configs" / "demo.yaml"), "--folds", "10",
+                                 "--pairs-per-fold", "30", "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert out.read_text() == ORL_PAIRS.read_text()
+    both = runner.invoke(app, ["pairs", "--root", str(ORL), "--config", "x.yaml", "--out", str(out)])
+    assert both.exit_code == 2
