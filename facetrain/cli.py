@@ -198,6 +198,36 @@ def pairs_command(
     typer.echo(f"pairs: {path} ({folds} folds x {pairs_per_fold} same + {pairs_per_fold} different)")
 
 
+@app.command("check")
+@error_boundary
+def check_command(
+    config: Annotated[Path, typer.Option("--config", "-c", help="YAML config file to check.")],
+    set_: SetOption = None,
+    progress: Annotated[
+        bool | None, typer.Option("--progress/--no-progress", help="Show a bar while images are decoded.")
+    ] = None,
+) -> None:
+    """Check a config before training: every model stage's shape, the dataset and the pairs lists.
+
+    Example: facetrain check --config configs/r50.yaml --set data.root=/data/faces/train
+    """
+    from facetrain.check import format_stages, run_check
+    from facetrain.config import load_config
+
+    report = run_check(
+        load_config(config, list(set_ or [])), progress=sys.stderr.isatty() if progress is None else progress
+    )
+    if report.stages:
+        typer.echo(format_stages(report.stages))
+    for fact in report.facts:
+        typer.echo(fact)
+    for problem in report.problems:
+        typer.echo(f"problem: {problem}", err=True)
+    if report.problems:
+        raise typer.Exit(2)
+    typer.echo("check passed")
+
+
 @app.command()
 def version() -> None:
     """Print the facetrain version.

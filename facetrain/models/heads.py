@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facetrain.config import HeadConfig
+from facetrain.errors import ShapeError
 
 
 def safe_sine(cosine: torch.Tensor) -> torch.Tensor:
@@ -20,6 +21,16 @@ def safe_sine(cosine: torch.Tensor) -> torch.Tensor:
     squared = torch.clamp(1.0 - cosine * cosine, 0.0, 1.0)
     positive = squared > 0
     return torch.where(positive, torch.sqrt(torch.where(positive, squared, torch.ones_like(squared))), 0.0)
+
+
+def check_embedding_dim(embeddings: torch.Tensor, class_centers: torch.Tensor) -> None:
+    """Turns the ``mat1 and mat2 shapes cannot be multiplied`` failure into a message that says what to fix."""
+    if embeddings.ndim != 2 or embeddings.shape[1] != class_centers.shape[1]:
+        raise ShapeError(
+            f"the head's class centres are {tuple(class_centers.shape)} (num_classes x embedding_dim) but the "
+            f"embedder gives embeddings of shape {tuple(embeddings.shape)}: model.embedding_dim must equal "
+            f"{class_centers.shape[1]} for this head, or start a new run"
+        )
 
 
 class ArcFace(nn.Module):
@@ -46,6 +57,7 @@ class ArcFace(nn.Module):
 
     def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
         """(B, D) -> (B, num_classes) cosines, in float32 (at least)."""
+        check_embedding_dim(embeddings, self.class_centers)
         dtype = torch.promote_types(embeddings.dtype, torch.float32)
         with torch.autocast(embeddings.device.type, enabled=False):
             unit = F.normalize(embeddings.to(dtype), dim=1)
