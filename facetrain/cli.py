@@ -198,6 +198,41 @@ def pairs_command(
     typer.echo(f"pairs: {path} ({folds} folds x {pairs_per_fold} same + {pairs_per_fold} different)")
 
 
+@app.command("embed")
+@error_boundary
+def embed_command(
+    images: Annotated[Path, typer.Option("--images", help="Folder of images: flat, or one sub-folder per identity.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output file (.npz, or .csv with --format csv).")],
+    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="A facetrain training checkpoint.")] = None,
+    model: Annotated[Path | None, typer.Option("--model", help="An exported TorchScript model.")] = None,
+    out_format: Annotated[str, typer.Option("--format", help="npz or csv.")] = "npz",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch.")] = 64,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes.")] = 2,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = None,
+) -> None:
+    """Embed every image of a folder: L2-normalised embeddings, relative paths and identity labels.
+
+    Exit code 3 when some files could not be read (they are listed and skipped).
+
+    Example: facetrain embed --checkpoint runs/demo/best.pt --images facetrain/assets/orl --out orl.npz
+    """
+    from facetrain.embed import embed_folder
+    from facetrain.runtime import resolve_device
+
+    result = embed_folder(
+        images, out, checkpoint=checkpoint, model=model, fmt=out_format, batch_size=batch_size,
+        device=resolve_device(device), num_workers=workers,
+        progress=sys.stderr.isatty() if progress is None else progress,
+    )  # fmt: skip
+    for path, reason in result.skipped:
+        typer.echo(f"skipped: {path}: {reason}", err=True)
+    typer.echo(f"embeddings: {result.out} ({result.count} images, {result.images_per_sec:.1f} images/s)")
+    if result.skipped:
+        typer.echo(f"{len(result.skipped)} unreadable files skipped", err=True)
+        raise typer.Exit(3)
+
+
 @app.command("check")
 @error_boundary
 def check_command(
