@@ -137,7 +137,12 @@ def eval_command(
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="Use this config's eval section (default: the checkpoint's).")
     ] = None,
-    set_: SetOption = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", "-s", help="Override a key of that config (or of the checkpoint's), e.g. eval.flip=false."
+        ),
+    ] = None,
     folds: Annotated[
         int | None, typer.Option("--folds", min=2, help="Folds for files that declare none (default 10).")
     ] = None,
@@ -156,12 +161,15 @@ def eval_command(
     """
     from facetrain.config import load_config
     from facetrain.evaluate import run_eval
-    from facetrain.report import format_report, write_json, write_plots
+    from facetrain.report import check_output_path, format_report, write_json, write_plots
     from facetrain.runtime import resolve_device
 
     cfg = load_config(config, list(set_ or [])) if config is not None else None
+    for path, option in ((json_out, "--json"), (plot, "--plot")):
+        if path is not None:
+            check_output_path(path, option)  # before the embedding work, not after it
     reports = run_eval(
-        checkpoint, list(pairs or []), images, pairs_format, cfg,
+        checkpoint, list(pairs or []), images, pairs_format, cfg, overrides=[] if cfg else list(set_ or []),
         device=resolve_device(device), folds=folds, flip=flip, batch_size=batch_size,
     )  # fmt: skip
     typer.echo("\n\n".join(format_report(report) for report in reports))
@@ -180,7 +188,7 @@ def pairs_command(
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="Draw from this config's held-out identities instead.")
     ] = None,
-    folds: Annotated[int, typer.Option("--folds", min=1, help="Folds (blocks) in the file.")] = 10,
+    folds: Annotated[int, typer.Option("--folds", min=2, help="Folds (blocks) in the file.")] = 10,
     pairs_per_fold: Annotated[
         int, typer.Option("--pairs-per-fold", min=1, help="Same pairs, and as many different pairs, per fold.")
     ] = 300,

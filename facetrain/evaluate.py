@@ -18,8 +18,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from facetrain.checkpoint import load_checkpoint
-from facetrain.config import Config, PairsSetConfig, config_from_dict
-from facetrain.errors import CheckpointError, ConfigError
+from facetrain.config import Config, PairsSetConfig, config_from_dict, config_to_dict, resolve_config
+from facetrain.errors import CheckpointError, ConfigError, DataError
 from facetrain.metrics import (
     balanced_folds,
     contiguous_folds,
@@ -165,11 +165,25 @@ class PairsReport:
 
 def pair_folds(pairs: PairList, is_same: torch.Tensor, folds: int) -> tuple[torch.Tensor, str]:
     """The fold of each pair, and how it was chosen (for the report)."""
+    same = int(is_same.sum())
+    if same == 0 or same == len(is_same):
+        raise DataError(
+            f"{pairs.source}: {same} same and {len(is_same) - same} different pairs: verification needs both kinds"
+        )
     if pairs.folds is not None:
-        return torch.tensor(pairs.folds), "as declared by the file"
-    if pairs.format == "bin":
-        return contiguous_folds(len(is_same), BIN_FOLDS), f"{BIN_FOLDS} contiguous folds, as insightface"
-    return balanced_folds(is_same, folds), f"{folds} folds, i-th same and i-th different pair to fold i mod {folds}"
+        fold_of_pair, rule = torch.tensor(pairs.folds), "as declared by the file"
+    elif pairs.format == "bin":
+        fold_of_pair = contiguous_folds(len(is_same), min(BIN_FOLDS, len(is_same)))
+        rule = "contiguous folds, as insightface"
+    else:
+        fold_of_pair, rule = balanced_folds(is_same, folds), "i-th same and i-th different pair to fold i mod k"
+    count = len(torch.unique(fold_of_pair))
+    if count < 2:
+        raise DataError(
+            f"{pairs.source}: its {len(is_same)} pairs make {count} fold; k-fold accuracy needs at least 2 "
+            "(add pairs, or use a file with 2 or more folds)"
+        )
+    return fold_of_pair, f"{count} folds, {rule}"
 
 
 def score_pairs(pairs: PairList, embeddings: torch.Tensor) -> torch.Tensor:
@@ -249,17 +263,21 @@ def run_eval(
     config: Config | None = None,
     *,
     device: torch.device,
+    overrides: list[str] | None = None,
     folds: int | None = None,
     flip: bool | None = None,
     batch_size: int | None = None,
 ) -> list[PairsReport]:
     """``facetrain eval``: the checkpoint's embedder on ``--pairs`` files, or on a config's eval.sets.
 
-    Options left as None come from ``config`` (when given) or from the config saved in the checkpoint.
+    Options left as None come from ``config`` (when given) or from the config saved in the checkpoint,
+    to which ``overrides`` (``key=value``) then apply.
     """
     if pairs_format not in PAIRS_FORMATS:
         raise ConfigError(f"--format: '{pairs_format}' is not a pairs format: use one of {', '.join(PAIRS_FORMATS)}")
     model = load_model(checkpoint, device)
+    if config is None and overrides:
+        config = resolve_config(config_to_dict(model.config), overrides, source=f"config inside '{checkpoint}'")
     settings = (config or model.config).eval
     if pairs:
         root = str(images) if images is not None else None
@@ -278,7 +296,18 @@ def run_eval(
         "batch_size": batch_size or settings.batch_size,
         "num_workers": model.config.data.num_workers,
     }
+    names = unique_names([spec.name or pair_list.name for spec, pair_list in zip(sets, pair_lists, strict=True)])
     return [
-        evaluate_set(model.embedder, model.preprocess, pair_list, device, precision, name=spec.name, **options)
-        for spec, pair_list in zip(sets, pair_lists, strict=True)
+        evaluate_set(model.embedder, model.preprocess, pair_list, device, precision, name=name, **options)
+        for name, pair_list in zip(names, pair_lists, strict=True)
     ]
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """Set names for reports, plots and TensorBoard tags; repeats get ``_2``, ``_3``... appended."""
+    seen: dict[str, int] = {}
+    unique = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        unique.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    return unique

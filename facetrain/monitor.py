@@ -10,7 +10,9 @@ from torch import nn
 
 from facetrain.config import Config
 from facetrain.data import FaceDataset, eval_loader
-from facetrain.evaluate import PairsReport, evaluate_set, load_pairs_set
+from facetrain.errors import ConfigError
+from facetrain.evaluate import FAR_TARGETS, PairsReport, evaluate_set, load_pairs_set, unique_names
+from facetrain.pairs import PairList
 from facetrain.plots import verification_figure
 from facetrain.preprocess import Preprocess
 from facetrain.report import format_report
@@ -40,7 +42,13 @@ class Monitor:
         self.config, self.device, self.precision, self.tensorboard = config, device, precision, tensorboard
         self.preprocess = Preprocess.from_config(config.data)
         # Parse every pairs file now, so a bad file fails before training starts.
-        self.sets = [(spec, load_pairs_set(spec)) for spec in config.eval.sets]
+        pair_lists = [load_pairs_set(spec) for spec in config.eval.sets]
+        names = unique_names(
+            [spec.name or pairs.name for spec, pairs in zip(config.eval.sets, pair_lists, strict=True)]
+        )
+        self.sets = list(zip(names, pair_lists, strict=True))
+        if self.sets:
+            _check_best_metric(config.eval.best_metric, pair_lists[0])
         self.holdout_loader = None
         if held_out is not None and not self.sets:
             pin = device.type == "cuda"
@@ -60,8 +68,8 @@ class Monitor:
         options = {"folds": cfg.folds, "flip": cfg.flip, "batch_size": cfg.batch_size}
         options["num_workers"] = self.config.data.num_workers
         reports = [
-            evaluate_set(embedder, self.preprocess, pairs, self.device, self.precision, name=spec.name, **options)
-            for spec, pairs in self.sets
+            evaluate_set(embedder, self.preprocess, pairs, self.device, self.precision, name=name, **options)
+            for name, pairs in self.sets
         ]
         for report in reports:
             self._log_report(report, step)
@@ -103,3 +111,16 @@ def _brief(report: PairsReport) -> str:
         f"{report.name}: accuracy {metrics.accuracy:.4f} ± {metrics.accuracy_std:.4f}, "
         f"ROC AUC {metrics.roc_auc:.4f}, EER {metrics.eer:.4f}"
     )
+
+
+def _check_best_metric(metric: str, pairs: PairList) -> None:
+    """A TAR@FAR that the first set cannot measure would never write best.pt: refuse it up front."""
+    if not metric.startswith("tar@far="):
+        return
+    far = FAR_TARGETS[metric.removeprefix("tar@far=")]
+    negatives = sum(1 for same in pairs.is_same if not same)
+    if negatives * far < 1.0 - 1e-9:
+        raise ConfigError(
+            f"eval.best_metric={metric} needs at least {round(1 / far)} different pairs in eval.sets[0], "
+            f"which has {negatives}: choose accuracy, roc_auc or a larger FAR"
+        )

@@ -79,6 +79,8 @@ def read_pairs(path: str | Path, images_root: str | Path | None = None, format: 
         DataError: the file is malformed or unsafe, or images are missing.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"pairs file '{path}' is a directory: give the pairs file inside it")
     if not path.is_file():
         raise DataError(f"pairs file '{path}' does not exist: check the path")
     if format not in ("auto", *FORMATS):
@@ -116,6 +118,8 @@ def _text_lines(path: Path) -> list[tuple[int, str]]:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise DataError(f"{path}: not a UTF-8 text file: give a pairs .txt, or name a pickled .bin '*.bin'") from None
+    except OSError as exc:
+        raise DataError(f"pairs file '{path}' cannot be read ({exc.strerror or exc}): check the path") from None
     return [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
 
 
@@ -407,6 +411,9 @@ def write_pairs_file(
         identities = scan_identities(root, "--root")
     blocks = make_pairs(identities, folds, pairs_per_fold, seed)
     target = Path(out)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    write_lfw_pairs(target, blocks, folds, pairs_per_fold)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_lfw_pairs(target, blocks, folds, pairs_per_fold)
+    except OSError as exc:
+        raise DataError(f"--out: cannot write '{target}' ({exc.strerror or exc}): choose another path") from None
     return target

@@ -38,7 +38,8 @@ def load_image(path: str | Path, data: bytes | None = None) -> Image.Image:
                 image = image.point(lambda v: v / 256).convert("L")
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"cannot read image '{path}': {exc}: replace or remove the file") from None
+        reason = "not a decodable image" if data is not None else str(exc)  # PIL would print a BytesIO repr
+        raise DataError(f"cannot read image '{path}': {reason}: replace or remove the file") from None
 
 
 @dataclass(frozen=True)

@@ -161,6 +161,7 @@ class Trainer:
                 if self.monitor.active:
                     result.after = self.evaluate_and_keep_best()
                     stats["verification"] = result.after.value
+                self.save()  # after the evaluation, so last.pt knows the best value (resume keeps best.pt right)
                 result.history.append(stats)
                 log.info("epoch %d/%d: %s", self.epoch, self.config.train.epochs, _format(stats))
         if self.best_path.exists():
@@ -203,14 +204,15 @@ class Trainer:
                 bar.update(1)
                 if self.step % cfg.log_every_steps == 0:
                     self._log_step(log_meter, grad_norm, bar)
-                if cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0:
-                    self.save()
+                if self.batch_in_epoch >= self.micro_batches:
+                    break  # the epoch end evaluates and saves (see _fit_epochs)
                 every = self.config.eval.every_steps
                 if every and self.step % every == 0 and self.monitor.active:
-                    self.evaluate_and_keep_best()
+                    self.evaluate_and_keep_best()  # first, so the save below records the best value so far
+                if cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0:
+                    self.save()
         self.epoch += 1
         self.batch_in_epoch = 0
-        self.save()
         stats = epoch_meter.read()
         stats["lr"] = self.scheduler.lr
         return stats

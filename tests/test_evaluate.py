@@ -81,11 +81,11 @@ def test_fold_rules_per_format():
     generator = torch.Generator().manual_seed(0)
     embeddings = F.normalize(torch.randn(80, 8, generator=generator), dim=1)
     view1 = report_pairs(synthetic_pairs("lfw", None, same), embeddings, None, folds=4)
-    assert view1.folds == 4 and "i mod 4" in view1.fold_rule
+    assert view1.folds == 4 and view1.fold_rule == "4 folds, i-th same and i-th different pair to fold i mod k"
     binary = report_pairs(synthetic_pairs("bin", None, same), embeddings, None, folds=4)
     assert binary.folds == 10 and "contiguous" in binary.fold_rule
     declared = report_pairs(synthetic_pairs("lfw", [i // 20 for i in range(40)], same), embeddings, None, folds=4)
-    assert declared.folds == 2 and declared.fold_rule == "as declared by the file"
+    assert declared.folds == 2 and declared.fold_rule == "2 folds, as declared by the file"
     assert view1.plain.tar_at_far["1e-1"] is not None and view1.plain.tar_at_far["1e-2"] is None
     assert view1.flip is None and view1.headline is view1.plain
 
@@ -173,3 +173,56 @@ def test_cli_pairs_from_the_demo_config_matches_the_committed_file(tmp_path, mon
     assert out.read_text() == ORL_PAIRS.read_text()
     both = runner.invoke(app, ["pairs", "--root", str(ORL), "--config", "x.yaml", "--out", str(out)])
     assert both.exit_code == 2
+
+
+def eval_cli(checkpoint: Path, *args: str):
+    return runner.invoke(app, ["eval", "--checkpoint", str(checkpoint), *args])
+
+
+def test_sets_that_cannot_be_scored_are_one_line_errors(orl_checkpoint, tmp_path):
+    one_fold = tmp_path / "one_fold.txt"
+    one_fold.write_text("1\t1\ns1\t1\t2\ns1\t1\ts2\t1\n")
+    result = eval_cli(orl_checkpoint, "--pairs", str(one_fold), "--images", str(ORL))
+    assert result.exit_code == 2 and "make 1 fold; k-fold accuracy needs at least 2" in result.stderr
+    only_same = tmp_path / "same.txt"
+    only_same.write_text("s1/1.pgm s1/2.pgm 1\ns2/1.pgm s2/2.pgm 1\n")
+    result = eval_cli(orl_checkpoint, "--pairs", str(only_same), "--images", str(ORL))
+    assert result.exit_code == 2 and "2 same and 0 different pairs: verification needs both kinds" in result.stderr
+    result = eval_cli(orl_checkpoint, "--pairs", str(tmp_path), "--images", str(ORL))
+    assert result.exit_code == 2 and "is a directory" in result.stderr
+
+
+def test_output_paths_are_checked_before_embedding(orl_checkpoint, tmp_path):
+    result = eval_cli(orl_checkpoint, "--pairs", str(ORL_PAIRS), "--images", str(ORL), "--json", str(tmp_path))
+    assert result.exit_code == 2 and "--json:" in result.stderr and "is a directory" in result.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = eval_cli(orl_checkpoint, "--pairs", str(ORL_PAIRS), "--images", str(ORL), "--plot", str(blocker / "p.png"))
+    assert result.exit_code == 2 and "--plot: cannot create the folder" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_same_named_sets_get_distinct_names_and_plots(orl_checkpoint, tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "pairs.txt").write_text(ORL_PAIRS.read_text())
+    both = ["--pairs", str(tmp_path / "a" / "pairs.txt"), "--pairs", str(tmp_path / "b" / "pairs.txt")]
+    result = eval_cli(orl_checkpoint, *both, "--images", str(ORL), "--plot", str(tmp_path / "p.png"))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "p_pairs.png").is_file() and (tmp_path / "p_pairs_2.png").is_file()
+
+
+def test_set_applies_to_the_checkpoints_config(orl_checkpoint):
+    result = eval_cli(orl_checkpoint, "--pairs", str(ORL_PAIRS), "--images", str(ORL), "--set", "eval.flip=false")
+    assert result.exit_code == 0, result.output
+    assert "flip fusion" not in result.stdout and "no flip" in result.stdout
+    typo = eval_cli(orl_checkpoint, "--pairs", str(ORL_PAIRS), "--set", "eval.flipp=false")
+    assert typo.exit_code == 2 and "did you mean 'eval.flip'" in typo.stderr
+
+
+def test_unmeasurable_best_metric_is_refused_before_training(tmp_path):
+    sets = [{"pairs": str(ORL_PAIRS), "images": str(ORL)}]
+    cfg = tiny_config(ORL, tmp_path / "run", data={"val_identities": 10},
+                      eval={"sets": sets, "best_metric": "tar@far=1e-3"})  # fmt: skip
+    with pytest.raises(Exception, match=r"tar@far=1e-3 needs at least 1000 different pairs .* which has 300"):
+        Trainer(cfg, progress=False).setup()

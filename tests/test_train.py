@@ -244,11 +244,16 @@ def test_pairs_evaluation_keeps_best_and_resume_stays_exact(faces, tmp_path):
 
     first = make_trainer(tiny_config(faces, tmp_path / "b", **overrides))
     first.fit(stop_at_epoch=1)
+    # last.pt is written after the epoch's evaluation, so it knows the best value best.pt holds:
+    # a resumed run then replaces best.pt only with a better model.
+    saved_best = load_checkpoint(tmp_path / "b" / "best.pt")["best_value"]
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["best_value"] == saved_best is not None
     resumed = make_trainer(tiny_config(faces, tmp_path / "b", **overrides), resume=tmp_path / "b" / "last.pt")
     resumed.fit()
     a, b = weights(straight), weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.best_value == straight.best_value
+    assert load_checkpoint(tmp_path / "b" / "best.pt")["step"] == load_checkpoint(tmp_path / "a" / "best.pt")["step"]
 
 
 def test_a_bad_pairs_file_fails_before_training(faces, tmp_path):
