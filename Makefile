@@ -14,10 +14,14 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
-# Train, then score best.pt on the held-out people's pairs with the full protocol.
+# Train, score best.pt on the held-out people's pairs with the full protocol, export it (with a
+# parity check) and verify two held-out images with the exported model.
 demo: install
 	$(BIN)/facetrain train --config configs/demo.yaml --overwrite
 	$(BIN)/facetrain eval --checkpoint runs/demo/best.pt --json runs/demo/eval.json --plot runs/demo/eval.png
+	$(BIN)/facetrain export --checkpoint runs/demo/best.pt --out runs/demo/model.pt \
+		--threshold-from runs/demo/eval.json --parity-images facetrain/assets/orl
+	$(BIN)/facetrain verify runs/demo/model.pt facetrain/assets/orl/s11/1.pgm facetrain/assets/orl/s11/2.pgm
 
 # pytest exits 5 when it collects no tests; that is not a failure of the code.
 test: install

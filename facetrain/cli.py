@@ -206,6 +206,74 @@ def pairs_command(
     typer.echo(f"pairs: {path} ({folds} folds x {pairs_per_fold} same + {pairs_per_fold} different)")
 
 
+@app.command("export")
+@error_boundary
+def export_command(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A last.pt or best.pt from facetrain train.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The model file to write.")],
+    out_format: Annotated[str, typer.Option("--format", help="torchscript or onnx (needs facetrain[onnx]).")] = (
+        "torchscript"
+    ),
+    threshold: Annotated[
+        float | None, typer.Option("--threshold", help="Verification threshold to store in the metadata.")
+    ] = None,
+    threshold_from: Annotated[
+        Path | None, typer.Option("--threshold-from", help="Take the threshold from a `facetrain eval --json` file.")
+    ] = None,
+    parity_images: Annotated[
+        Path | None, typer.Option("--parity-images", help="Folder of real images for the parity check.")
+    ] = None,
+) -> None:
+    """Export the embedder (never the margin head) with its preprocessing metadata, then check parity.
+
+    Example: facetrain export --checkpoint runs/demo/best.pt --out runs/demo/model.pt
+    """
+    from facetrain.embed import find_images
+    from facetrain.export import export_model, threshold_from_eval_json
+
+    if threshold is not None and threshold_from is not None:
+        raise typer.BadParameter("give --threshold or --threshold-from, not both")
+    if threshold_from is not None:
+        threshold = threshold_from_eval_json(threshold_from)
+    samples = find_images(parity_images)[0][:8] if parity_images is not None else None
+    result = export_model(checkpoint, out, out_format, threshold=threshold, sample_images=samples)
+    meta = result.metadata
+    typer.echo(
+        f"exported: {result.path} ({result.format}; embedder only: {meta.backbone}, "
+        f"{meta.image_size}x{meta.image_size} input, {meta.embedding_dim}-d L2-normalised output)"
+    )
+    if result.parity_checked:
+        typer.echo(f"parity: max abs difference {result.max_abs_diff:.2e} vs the checkpoint ({result.note})")
+    else:
+        typer.echo(f"parity: {result.note}")
+
+
+@app.command("verify")
+@error_boundary
+def verify_command(
+    model: Annotated[Path, typer.Argument(help="A TorchScript model written by facetrain export.")],
+    image1: Annotated[Path, typer.Argument(help="First face image.")],
+    image2: Annotated[Path, typer.Argument(help="Second face image.")],
+    threshold: Annotated[
+        float | None, typer.Option("--threshold", help="Decision threshold (default: the one stored in the model).")
+    ] = None,
+) -> None:
+    """Cosine score of two face images with an exported model, and same/different at a threshold.
+
+    Example: facetrain verify runs/demo/model.pt facetrain/assets/orl/s1/1.pgm facetrain/assets/orl/s1/2.pgm
+    """
+    from facetrain.export import verify_pair
+
+    result = verify_pair(model, image1, image2, threshold)
+    typer.echo(f"score: {result.score:.4f}")
+    if result.same is None:
+        typer.echo("no threshold: pass --threshold, or export with --threshold-from EVAL_JSON")
+    else:
+        verdict = "same person" if result.same else "different people"
+        source = {"argument": "from --threshold", "model metadata": "stored in the model"}[result.threshold_source]
+        typer.echo(f"{verdict} (threshold {result.threshold:.4f}, {source})")
+
+
 @app.command("embed")
 @error_boundary
 def embed_command(
