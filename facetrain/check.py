@@ -19,7 +19,7 @@ from facetrain.errors import FacetrainError
 from facetrain.models import build_embedder, build_head
 from facetrain.models.backbones import create_torchvision, load_pretrained
 from facetrain.pairs import read_pairs
-from facetrain.preprocess import load_image
+from facetrain.preprocess import Preprocess
 
 
 @dataclass(frozen=True)
@@ -118,15 +118,14 @@ def _check_data(config: Config, report: CheckReport, progress: bool) -> int | No
         f"data.min_images_per_identity={data.min_images_per_identity} (dropped)"
     )
     unreadable = []
+    preprocess = Preprocess.from_config(data)  # exactly what training does, centre crop included
     for path in tqdm(images, desc="decoding images", disable=not progress, leave=False):
         try:
-            load_image(path)
+            preprocess.load(path)
         except FacetrainError as exc:
             unreadable.append(str(exc))
     if unreadable:
-        report.problems.append(
-            f"{len(unreadable)} of {len(images)} images cannot be decoded; the first: {unreadable[0]}"
-        )
+        report.problems.append(f"{len(unreadable)} of {len(images)} images cannot be used; the first: {unreadable[0]}")
     wanted = config.head.num_classes
     if wanted is not None and wanted != len(training):
         report.problems.append(

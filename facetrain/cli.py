@@ -18,7 +18,7 @@ from typing import Annotated, Any, TextIO
 import typer
 
 from facetrain import __version__
-from facetrain.errors import FacetrainError
+from facetrain.errors import DataError, FacetrainError
 
 app = typer.Typer(
     help="Face-recognition training: torchvision embedder + ArcFace head.",
@@ -234,8 +234,12 @@ def export_command(
     if threshold is not None and threshold_from is not None:
         raise typer.BadParameter("give --threshold or --threshold-from, not both")
     if threshold_from is not None:
-        threshold = threshold_from_eval_json(threshold_from)
-    samples = find_images(parity_images)[0][:8] if parity_images is not None else None
+        threshold = threshold_from_eval_json(threshold_from, checkpoint)
+    samples = None
+    if parity_images is not None:
+        samples = find_images(parity_images)[0][:8] if parity_images.is_dir() else []
+        if not samples:
+            raise DataError(f"--parity-images: no images in '{parity_images}': give a folder of face images")
     result = export_model(checkpoint, out, out_format, threshold=threshold, sample_images=samples)
     meta = result.metadata
     typer.echo(

@@ -8,6 +8,7 @@ optionally a decision threshold). Plain ``torch.jit.load`` reads it; facetrain i
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,9 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu") -> tuple
         raise CheckpointError(f"model '{file}' not found: give a file written by facetrain export")
     extra = {METADATA_NAME: ""}
     try:
-        model = torch.jit.load(str(file), map_location=device, _extra_files=extra)
+        with warnings.catch_warnings():  # torch's torch.jit deprecation notice would only puzzle a CLI user
+            warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
+            model = torch.jit.load(str(file), map_location=device, _extra_files=extra)
     except Exception as exc:  # a damaged file or not TorchScript
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(

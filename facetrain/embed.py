@@ -26,6 +26,7 @@ from facetrain.deployed import load_exported
 from facetrain.errors import ConfigError, DataError
 from facetrain.evaluate import load_model
 from facetrain.preprocess import IMAGE_EXTENSIONS, Preprocess
+from facetrain.report import check_output_path
 from facetrain.runtime import Precision, autocast, resolve_precision
 
 FORMATS = ("npz", "csv")
@@ -113,7 +114,7 @@ def embed_folder(
         raise ConfigError(f"unknown output format '{fmt}': use {' or '.join(FORMATS)}")
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
-    root, out = Path(images), Path(out)
+    root, out = Path(images), check_output_path(out, "--out")  # before the embedding work
     if not root.is_dir():
         raise DataError(f"image folder '{root}' does not exist: give a folder of images or of identity folders")
     paths, has_labels = find_images(root)

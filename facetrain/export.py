@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import math
 import os
 import tempfile
@@ -27,6 +28,9 @@ from facetrain.deployed import METADATA_NAME, ModelMetadata, load_exported
 from facetrain.errors import ConfigError, DataError, ShapeError
 from facetrain.evaluate import load_model
 from facetrain.preprocess import Preprocess
+from facetrain.report import check_output_path
+
+log = logging.getLogger("facetrain")
 
 FORMATS = ("torchscript", "onnx")
 ONNX_OPSET = 18
@@ -92,6 +96,7 @@ def export_model(
     if threshold is not None and not math.isfinite(threshold):
         raise ConfigError(f"--threshold: {threshold} is not a finite number: give a cosine threshold such as 0.3")
     onnx = _import_onnx() if fmt == "onnx" else None  # fail before the slow part
+    check_output_path(out, "--out")
     loaded = load_model(checkpoint, torch.device("cpu"))
     model = NormalizedEmbedder(loaded.embedder).eval()
     metadata = ModelMetadata.from_config(loaded.config, threshold)
@@ -144,6 +149,8 @@ def verify_pair(
     with torch.no_grad():
         embeddings = model(batch).float()
     score = float(embeddings[0] @ embeddings[1])
+    if threshold is not None and not math.isfinite(threshold):
+        raise ConfigError(f"--threshold: {threshold} is not a finite number: give a cosine threshold such as 0.3")
     if threshold is not None:
         source = "argument"
     elif metadata.threshold is not None:
@@ -154,7 +161,7 @@ def verify_pair(
     return VerifyResult(score, threshold, same, source)
 
 
-def threshold_from_eval_json(path: str | Path) -> float:
+def threshold_from_eval_json(path: str | Path, checkpoint: str | Path | None = None) -> float:
     """The first set's threshold for plain embeddings from a ``facetrain eval --json`` file.
 
     Eval's headline threshold is tuned on flip-fused embeddings (image + mirror). An exported model
@@ -164,7 +171,8 @@ def threshold_from_eval_json(path: str | Path) -> float:
     file = Path(path)
     fix = "give the file written by facetrain eval --json"
     try:
-        value = json.loads(file.read_text())["sets"][0]["plain"]["threshold"]
+        payload = json.loads(file.read_text())
+        value = payload["sets"][0]["plain"]["threshold"]
     except FileNotFoundError:
         raise DataError(f"eval JSON '{file}' not found: {fix}") from None
     except (OSError, ValueError, LookupError, TypeError) as exc:
@@ -172,6 +180,9 @@ def threshold_from_eval_json(path: str | Path) -> float:
         raise DataError(f"'{file}' has no sets[0].plain.threshold ({reason}): {fix}") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise DataError(f"'{file}': sets[0].plain.threshold is {value!r}, not a number: {fix}")
+    evaluated = payload.get("checkpoint")
+    if checkpoint is not None and evaluated and Path(evaluated).resolve() != Path(checkpoint).resolve():
+        log.warning("the threshold in '%s' was chosen for checkpoint '%s', not '%s'", file, evaluated, checkpoint)
     return float(value)
 
 

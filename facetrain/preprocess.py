@@ -37,7 +37,7 @@ def load_image(path: str | Path, data: bytes | None = None) -> Image.Image:
                 # 16-bit grey: keep the top 8 bits rather than clipping at 255.
                 image = image.point(lambda v: v / 256).convert("L")
             return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
         reason = "not a decodable image" if data is not None else str(exc)  # PIL would print a BytesIO repr
         raise DataError(f"cannot read image '{path}': {reason}: replace or remove the file") from None
 

@@ -51,7 +51,7 @@ def test_every_problem_gets_its_own_line(tmp_path):
     problems = [line for line in result.stderr.splitlines() if line.startswith("problem: ")]
     assert len(problems) == 4, result.stderr
     text = "\n".join(problems)
-    assert "1 of 12 images cannot be decoded; the first: cannot read image" in text and "img02.png" in text
+    assert "1 of 12 images cannot be used; the first: cannot read image" in text and "img02.png" in text
     assert "head.num_classes is 10 but data.root has 3 training identities" in text
     assert "model.pool_size=8 is larger than the 4x4 feature map of resnet50 at data.image_size=112" in text
     assert "eval.sets[0]:" in text and "missing" in text
@@ -98,3 +98,34 @@ def test_resume_with_another_embedding_dim_is_one_line(tmp_path):
     assert result.exit_code == 2
     assert "has model.embedding_dim 16, config says 32" in result.stderr
     assert "set model.embedding_dim: 16" in result.stderr and "Traceback" not in result.output
+
+
+def test_check_applies_the_training_preprocessing(tmp_path):
+    result = check("--config", R50, "--set", f"data.root={ORL}", "--set", "data.center_crop=200")
+    assert result.exit_code == 2
+    assert "400 of 400 images cannot be used; the first: data.center_crop=200 is larger than" in result.stderr
+
+
+def test_unusable_output_paths_and_inputs_are_one_line(tmp_path):
+    from conftest import tiny_config
+
+    from facetrain.train import Trainer
+
+    trainer = Trainer(tiny_config(ORL, tmp_path / "run"), progress=False)
+    trainer.setup()
+    checkpoint = str(trainer.save())
+    model = tmp_path / "m.pt"
+    assert runner.invoke(app, ["export", "--checkpoint", checkpoint, "--out", str(model)]).exit_code == 0
+    image = str(ORL / "s1" / "1.pgm")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [
+        (["export", "--checkpoint", checkpoint, "--out", str(tmp_path)], "--out: '"),
+        (["embed", "--checkpoint", checkpoint, "--images", str(ORL), "--out", str(tmp_path)], "--out: '"),
+        (["export", "--checkpoint", checkpoint, "--out", str(model), "--parity-images", str(empty)], "no images"),
+        (["verify", str(model), image, image, "--threshold", "nan"], "not a finite number"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.stderr and "Traceback" not in result.output

@@ -120,3 +120,11 @@ def test_held_out_root_too_small(tmp_path):
     singles = make_faces(tmp_path / "singles", identities=3, per_identity=1, seed=3)
     with pytest.raises(DataError, match="no held-out identity has 2 images"):
         build_datasets(DataConfig(root=str(train), val_root=str(singles), min_images_per_identity=1))
+
+
+def test_decompression_bomb_is_an_unreadable_image(tmp_path, monkeypatch):
+    path = tmp_path / "big.png"
+    Image.new("L", (64, 64)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 64 x 64 is then more than twice the limit
+    with pytest.raises(DataError, match="cannot read image .*big.png"):
+        load_image(path)

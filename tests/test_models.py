@@ -87,3 +87,13 @@ def test_old_weights_files_without_batchnorm_counters_load(tmp_path):
     torch.save(state, tmp_path / "old.pth")
     embedder = build_embedder(ModelConfig(backbone="vgg11_bn", pretrained=str(tmp_path / "old.pth")), 64)
     assert torch.equal(embedder.backbone[0].weight, source.features[0].weight)
+
+
+def test_weights_of_a_deeper_resnet_are_refused(tmp_path):
+    # resnet34's file holds every resnet18 key with the right shapes, plus blocks resnet18 lacks.
+    path = tmp_path / "r34.pth"
+    torch.save(create_torchvision("resnet34").state_dict(), path)
+    with pytest.raises(
+        ShapeError, match=r"does not match backbone resnet18 .* unexpected keys: .*unexpected layer1\.2"
+    ):
+        build_embedder(ModelConfig(backbone="resnet18", pretrained=str(path)), 64)

@@ -262,3 +262,16 @@ def test_a_bad_pairs_file_fails_before_training(faces, tmp_path):
     cfg = tiny_config(faces, tmp_path / "run", eval={"sets": [{"pairs": str(pairs), "images": str(faces)}]})
     with pytest.raises(DataError, match="pairs.txt:1: label must be 1 or 0"):
         make_trainer(cfg)
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"model": {"backbone": "resnet34"}}, "has model.backbone 'resnet18', config says 'resnet34'"),
+        ({"data": {"image_size": 48}}, "has data.image_size 32, config says 48"),
+    ],
+)
+def test_resume_names_what_the_checkpoint_has(faces, tmp_path, change, message):
+    make_trainer(tiny_config(faces, tmp_path / "run", train={"epochs": 1})).fit()
+    with pytest.raises(CheckpointError, match=message):
+        make_trainer(tiny_config(faces, tmp_path / "run", **change), resume=tmp_path / "run" / "last.pt")

@@ -77,11 +77,15 @@ def load_pretrained(model: nn.Module, path: str, name: str) -> None:
         for k, v in own.items()
         if k in given and tuple(given[k].shape) != tuple(v.shape)
     ]
-    if missing or mismatched:
-        detail = "; ".join(mismatched[:3] + [f"missing {k}" for k in missing[:3]])
+    # Keys the model lacks mean another architecture (resnet34 weights hold blocks resnet18 has not).
+    unexpected = [k for k in given if k not in own and not k.endswith("num_batches_tracked")]
+    if missing or mismatched or unexpected:
+        detail = "; ".join(
+            mismatched[:3] + [f"missing {k}" for k in missing[:3]] + [f"unexpected {k}" for k in unexpected[:3]]
+        )
         raise ShapeError(
-            f"model.pretrained: '{file}' does not match backbone {name} "
-            f"({len(mismatched)} shape mismatches, {len(missing)} missing keys: {detail}): "
+            f"model.pretrained: '{file}' does not match backbone {name} ({len(mismatched)} shape mismatches, "
+            f"{len(missing)} missing and {len(unexpected)} unexpected keys: {detail}): "
             "use weights saved for the configured model.backbone"
         )
     model.load_state_dict({k: given[k] for k in own if k in given}, strict=False)
