@@ -198,7 +198,7 @@ def pairs_command(
 
     Example: facetrain pairs --config configs/demo.yaml --folds 10 --pairs-per-fold 30 --out pairs.txt
     """
-    from facetrain.pairs import write_pairs_file
+    from facetrain.pairgen import write_pairs_file
 
     if (root is None) == (config is None):
         raise typer.BadParameter("give exactly one of --root DIR or --config FILE")

@@ -9,7 +9,8 @@ from PIL import Image
 
 from facetrain.data import scan_identities
 from facetrain.errors import DataError
-from facetrain.pairs import detect_format, lfw_addressable, make_pairs, read_pairs, write_lfw_pairs
+from facetrain.pairgen import lfw_addressable, make_pairs, write_lfw_pairs
+from facetrain.pairs import detect_format, read_pairs
 
 
 def save_image(path: Path) -> Path:
