@@ -54,10 +54,27 @@ def load_model(path: str | Path, device: torch.device) -> LoadedModel:
     embedder = build_embedder(model_config, config.data.image_size)
     try:
         embedder.load_state_dict(state["embedder"])
-    except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[0]
-        raise CheckpointError(f"checkpoint '{path}': embedder weights do not fit its own config ({reason})") from None
+    except (RuntimeError, TypeError, AttributeError):
+        reason = first_mismatch(embedder.state_dict(), state["embedder"])
+        raise CheckpointError(
+            f"checkpoint '{path}': its embedder weights do not fit its own config ({reason}): "
+            "the file was altered or not written by facetrain train"
+        ) from None
     return LoadedModel(embedder.to(device).eval(), Preprocess.from_config(config.data), config)
+
+
+def first_mismatch(expected: dict[str, Any], given: Any) -> str:
+    """The first key that is missing, extra or of another shape, for a one-line message."""
+    if not isinstance(given, dict):
+        return f"a {type(given).__name__} instead of a state dict"
+    for key, tensor in expected.items():
+        if key not in given:
+            return f"missing {key}"
+        shape = getattr(given[key], "shape", None)
+        if shape is None or tuple(shape) != tuple(tensor.shape):
+            return f"{key}: {tuple(shape) if shape is not None else type(given[key]).__name__} vs {tuple(tensor.shape)}"
+    extra = [key for key in given if key not in expected]
+    return f"unexpected {extra[0]}" if extra else "unknown difference"
 
 
 class _Images(Dataset):

@@ -226,3 +226,14 @@ def test_unmeasurable_best_metric_is_refused_before_training(tmp_path):
                       eval={"sets": sets, "best_metric": "tar@far=1e-3"})  # fmt: skip
     with pytest.raises(Exception, match=r"tar@far=1e-3 needs at least 1000 different pairs .* which has 300"):
         Trainer(cfg, progress=False).setup()
+
+
+def test_altered_checkpoint_names_the_first_mismatched_weight(orl_checkpoint, tmp_path):
+    from facetrain.checkpoint import load_checkpoint, save_checkpoint
+    from facetrain.errors import CheckpointError
+
+    state = load_checkpoint(orl_checkpoint)
+    state["embedder"]["neck.3.weight"] = torch.zeros(7, 512)
+    altered = save_checkpoint(state, tmp_path / "altered.pt")
+    with pytest.raises(CheckpointError, match=r"neck\.3\.weight: \(7, 512\) vs \(32, 512\)"):
+        load_model(altered, CPU)
