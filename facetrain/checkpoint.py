@@ -41,7 +41,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
             torch.save(payload, stream)
             stream.flush()
             os.fsync(stream.fileno())
-        os.chmod(temp_name, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual file mode
+        os.chmod(temp_name, usual_file_mode())
         os.replace(temp_name, target)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
@@ -116,7 +116,8 @@ def check_resumable(file: str | Path, saved: dict[str, Any], current: dict[str, 
     return [f"{key}: {was!r} -> {now!r}" for key, was, now in changes]
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def usual_file_mode() -> int:
+    """0666 less the umask: what ``open()`` would give. mkstemp creates 0600 files."""
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from facetrain.checkpoint import usual_file_mode
 from facetrain.deployed import load_exported
 from facetrain.errors import ConfigError, DataError
 from facetrain.evaluate import load_model
@@ -207,6 +208,7 @@ def _write(out: Path, fmt: str, vectors: np.ndarray, rows: list[str], labels: li
                     # 9 significant digits round-trip any float32 exactly.
                     values = [f"{value:.9g}" for value in vectors[index].tolist()]
                     writer.writerow([row, labels[index] if labels is not None else "", *values])
+        os.chmod(temp, usual_file_mode())  # mkstemp creates 0600
         os.replace(temp, out)
     except BaseException:
         Path(temp).unlink(missing_ok=True)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from facetrain.checkpoint import usual_file_mode
 from facetrain.deployed import METADATA_NAME, ModelMetadata, load_exported
 from facetrain.errors import ConfigError, DataError, ShapeError
 from facetrain.evaluate import load_model
@@ -125,7 +126,7 @@ def export_model(
             )
         with open(temp, "rb+") as stream:  # on disk before the rename, so a crash leaves no torn file
             os.fsync(stream.fileno())
-        os.chmod(temp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual file mode
+        os.chmod(temp, usual_file_mode())
         os.replace(temp, target)
     finally:
         temp.unlink(missing_ok=True)
@@ -255,9 +256,3 @@ def _onnx_runner(path: Path) -> Callable[[torch.Tensor], torch.Tensor] | None:
         return None
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return lambda images: torch.from_numpy(session.run(["embeddings"], {"images": images.numpy()})[0])
-
-
-def _umask() -> int:
-    mask = os.umask(0)  # reading the umask means setting it; put it straight back
-    os.umask(mask)
-    return mask
