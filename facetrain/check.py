@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from facetrain.config import Config
-from facetrain.data import scan_identities, split_identities
+from facetrain.data import num_classes_problem, scan_identities, split_identities
 from facetrain.errors import FacetrainError
 from facetrain.models import build_embedder, build_head
 from facetrain.models.backbones import create_torchvision, load_pretrained
@@ -126,12 +126,9 @@ def _check_data(config: Config, report: CheckReport, progress: bool) -> int | No
             unreadable.append(str(exc))
     if unreadable:
         report.problems.append(f"{len(unreadable)} of {len(images)} images cannot be used; the first: {unreadable[0]}")
-    wanted = config.head.num_classes
-    if wanted is not None and wanted != len(training):
-        report.problems.append(
-            f"head.num_classes is {wanted} but data.root has {len(training)} training identities: "
-            f"set head.num_classes: {len(training)} or remove it"
-        )
+    problem = num_classes_problem(config.head.num_classes, len(training))
+    if problem:
+        report.problems.append(problem)
     batches = sum(len(paths) for _, paths in training) // config.train.batch_size
     if batches == 0:
         report.problems.append(

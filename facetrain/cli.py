@@ -103,15 +103,14 @@ def train(
     Example: facetrain train --config configs/demo.yaml --set train.epochs=5
     """
     from facetrain.config import load_config
-    from facetrain.train import config_for_resume
     from facetrain.train import train as run_training
 
     overrides = list(set_ or []) + ([f"train.device={device}"] if device else [])
     if config is None and resume is None:
         raise typer.BadParameter("give --config FILE, or --resume CHECKPOINT to continue a run")
-    cfg = config_for_resume(resume, overrides) if config is None else load_config(config, overrides)
+    cfg = load_config(config, overrides) if config is not None else None  # else: the checkpoint's own
     show_bar = sys.stderr.isatty() if progress is None else progress
-    result = run_training(cfg, resume=resume, overwrite=overwrite, progress=show_bar)
+    result = run_training(cfg, resume=resume, overrides=overrides, overwrite=overwrite, progress=show_bar)
     typer.echo(f"checkpoint: {result.checkpoint} (epoch {result.epochs_done}, step {result.steps_done})")
     if result.best is not None:
         typer.echo(f"best checkpoint: {result.best}")

@@ -131,6 +131,16 @@ def build_datasets(cfg: DataConfig) -> Datasets:
     return Datasets(train, val)
 
 
+def num_classes_problem(wanted: int | None, found: int) -> str | None:
+    """The message when ``head.num_classes`` is set and disagrees with the training identities found."""
+    if wanted is None or wanted == found:
+        return None
+    return (
+        f"head.num_classes is {wanted} but data.root has {found} training identities: "
+        f"set head.num_classes: {found} or remove it"
+    )
+
+
 def split_identities(cfg: DataConfig) -> tuple[list[Identity], list[Identity]]:
     """(training identities, held-out identities) after filtering, by split or from ``val_root``."""
     identities = drop_small(scan_identities(cfg.root), cfg.min_images_per_identity, "data.root")

@@ -11,7 +11,6 @@ import json
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -86,7 +85,3 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu") -> tuple
         raise CheckpointError(f"'{file}' has no {METADATA_NAME}: it was not written by facetrain export")
     text = extra[METADATA_NAME]
     return model.eval(), ModelMetadata.from_json(text.decode() if isinstance(text, bytes) else text, str(file))
-
-
-def metadata_dict(metadata: ModelMetadata) -> dict[str, Any]:
-    return asdict(metadata)

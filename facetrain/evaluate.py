@@ -29,6 +29,7 @@ from facetrain.metrics import (
     tar_at_far,
 )
 from facetrain.models import Embedder, build_embedder
+from facetrain.pairs import FORMATS as PAIR_FILE_FORMATS
 from facetrain.pairs import PairList, read_pairs
 from facetrain.preprocess import Preprocess
 from facetrain.runtime import Precision, autocast, resolve_precision
@@ -269,7 +270,7 @@ def evaluate_set(
     return report_pairs(pairs, plain, fused, folds, name)
 
 
-PAIRS_FORMATS = ("auto", "lfw", "list", "bin")
+PAIRS_FORMATS = ("auto", *PAIR_FILE_FORMATS)
 
 
 def run_eval(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from facetrain.checkpoint import RESUME_KEYS, check_resumable, load_checkpoint, require_keys, save_checkpoint
 from facetrain.config import Config, config_to_dict, dump_config, resolve_config
-from facetrain.data import EpochSampler, build_datasets, train_loader
+from facetrain.data import EpochSampler, build_datasets, num_classes_problem, train_loader
 from facetrain.errors import CheckpointError, ConfigError, DataError, TrainingError
 from facetrain.models import build_embedder, build_head
 from facetrain.monitor import Evaluation, Monitor
@@ -54,9 +55,11 @@ class Trainer:
         resume: str | Path | None = None,
         overwrite: bool = False,
         progress: bool = True,
+        resume_state: dict[str, Any] | None = None,
     ) -> None:
         self.config = config
         self.resume_path = Path(resume) if resume else None
+        self.resume_state = resume_state  # the checkpoint at resume_path, when the caller has read it already
         self.overwrite = overwrite
         self.progress = progress
         self.epoch = 0  # epochs completed
@@ -119,13 +122,9 @@ class Trainer:
         )
 
     def _check_num_classes(self) -> None:
-        wanted = self.config.head.num_classes
-        if wanted is not None and wanted != self.data.num_classes:
-            raise ConfigError(
-                f"head.num_classes is {wanted} but data.root '{self.config.data.root}' has "
-                f"{self.data.num_classes} training identities: set head.num_classes: "
-                f"{self.data.num_classes} or remove it"
-            )
+        problem = num_classes_problem(self.config.head.num_classes, self.data.num_classes)
+        if problem:
+            raise ConfigError(problem)
 
     def _setup_loaders(self) -> None:
         cfg = self.config
@@ -287,7 +286,7 @@ class Trainer:
         return save_checkpoint(self.state(), self.checkpoint_path)
 
     def _load(self, path: Path) -> None:
-        state = load_checkpoint(path)
+        state = self.resume_state if self.resume_state is not None else load_checkpoint(path)
         require_keys(state, RESUME_KEYS, path, "a training checkpoint to resume")
         mid_epoch = state["batch_in_epoch"] > 0
         for line in check_resumable(path, state["config"], config_to_dict(self.config), mid_epoch):
@@ -314,15 +313,25 @@ class Trainer:
         log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step)
 
 
-def config_for_resume(path: str | Path, overrides: list[str]) -> Config:
-    """The config saved inside a checkpoint plus overrides, for ``train --resume`` without ``--config``."""
-    return resolve_config(load_checkpoint(path)["config"], overrides, source=f"config inside '{path}'")
-
-
 def train(
-    config: Config, resume: str | Path | None = None, overwrite: bool = False, progress: bool = True
+    config: Config | None,
+    resume: str | Path | None = None,
+    overrides: list[str] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
 ) -> FitResult:
-    trainer = Trainer(config, resume=resume, overwrite=overwrite, progress=progress)
+    """Trains ``config``; without one, resumes with the config saved in ``resume`` plus ``overrides``.
+
+    The checkpoint to resume is read once, here, and handed to the trainer.
+    """
+    state = load_checkpoint(resume) if resume else None
+    if config is None:
+        if state is None:
+            raise ConfigError("give a config, or a checkpoint to resume")
+        # A copy: the saved config stays as it was, so resuming can list what the overrides changed.
+        raw = copy.deepcopy(state["config"])
+        config = resolve_config(raw, overrides or [], source=f"config inside '{resume}'")
+    trainer = Trainer(config, resume=resume, overwrite=overwrite, progress=progress, resume_state=state)
     trainer.setup()
     return trainer.fit()
 

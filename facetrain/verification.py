@@ -21,11 +21,6 @@ class HoldoutResult:
     same_pairs: int
     different_pairs: int
 
-    @property
-    def majority_baseline(self) -> float:
-        """Accuracy of always answering the more common class: the floor to beat."""
-        return max(self.same_pairs, self.different_pairs) / (self.same_pairs + self.different_pairs)
-
     def summary(self) -> str:
         return (
             f"accuracy {self.accuracy:.4f} (threshold {self.threshold:.3f}), ROC AUC {self.auc:.4f}, "
