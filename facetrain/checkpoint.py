@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from facetrain import __version__
 from facetrain.errors import CheckpointError, FacetrainError
@@ -23,7 +24,7 @@ RESUME_KEYS = ("class_names", "optimizer", "scheduler", "scaler", "epoch", "batc
 # Config keys that change the model's shapes, its input or the optimizer's state layout:
 # a checkpoint cannot be resumed across them.
 STRUCTURAL_KEYS = (
-    "model.backbone", "model.embedding_dim", "model.pool_size", "head.type",
+    "model.backbone", "model.embedding_dim", "model.pool_size", "head.type", "head.k",
     "data.image_size", "data.center_crop", "train.optimizer",
 )  # fmt: skip
 # Keys that fix which samples make up each step: changing them mid-epoch would skip or repeat data.
@@ -106,14 +107,24 @@ def require_keys(state: dict[str, Any], keys: tuple[str, ...], file: str | Path,
 def check_resumable(file: str | Path, saved: dict[str, Any], current: dict[str, Any], mid_epoch: bool) -> list[str]:
     """Raises on changes that resuming cannot honour; returns readable lines for the harmless ones."""
     changes = config_differences(saved, current)
-    for key, was, now in changes:
-        if key in STRUCTURAL_KEYS or (mid_epoch and key in ORDER_KEYS):
-            when = " in the middle of an epoch" if key in ORDER_KEYS else ""
-            raise CheckpointError(
-                f"checkpoint '{file}' has {key} {was!r}, config says {now!r}, which cannot change{when}: "
-                f"set {key}: {was!r} to resume, or start a new run without --resume"
-            )
+    # In STRUCTURAL_KEYS order, so a change of head.type is named rather than the head.k it implies.
+    refused = sorted(
+        (change for change in changes if change[0] in STRUCTURAL_KEYS or (mid_epoch and change[0] in ORDER_KEYS)),
+        key=lambda change: (STRUCTURAL_KEYS + ORDER_KEYS).index(change[0]),
+    )
+    if refused:
+        key, was, now = refused[0]
+        when = " in the middle of an epoch" if key in ORDER_KEYS else ""
+        raise CheckpointError(
+            f"checkpoint '{file}' has {key} {_yaml(was)}, config says {_yaml(now)}, which cannot change{when}: "
+            f"set {key}: {_yaml(was)} to resume, or start a new run without --resume"
+        )
     return [f"{key}: {was!r} -> {now!r}" for key, was, now in changes]
+
+
+def _yaml(value: Any) -> str:
+    """A config value as YAML writes it (null, true, 0.5, resnet50)."""
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
 def usual_file_mode() -> int:

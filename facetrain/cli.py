@@ -13,15 +13,18 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TextIO
+from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 
 from facetrain import __version__
 from facetrain.errors import DataError, FacetrainError
 
+if TYPE_CHECKING:
+    import torch
+
 app = typer.Typer(
-    help="Face-recognition training: torchvision embedder + ArcFace head.",
+    help="Face-recognition training: torchvision embedder + margin head (ArcFace and its family).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -97,8 +100,25 @@ def train(
         bool | None,
         typer.Option("--progress/--no-progress", help="Show the tqdm bar (default: when stderr is a terminal)."),
     ] = None,
+    report_outliers: Annotated[
+        bool,
+        typer.Option(
+            "--report-outliers",
+            help="After training, write run_dir/outliers.tsv: likely mislabelled training images "
+            "(needs head.type=subcenter_arcface; checked before training).",
+        ),
+    ] = False,
+    outlier_angle: Annotated[
+        float | None,
+        typer.Option(
+            "--outlier-angle",
+            min=0.0,
+            max=180.0,
+            help="With --report-outliers: flag outliers over this many degrees from the dominant one (default 75).",
+        ),
+    ] = None,
 ) -> None:
-    """Train an embedder with an ArcFace head on an identity-folder dataset.
+    """Train an embedder with a margin head (head.type) on an identity-folder dataset.
 
     Example: facetrain train --config configs/demo.yaml --set train.epochs=5
     """
@@ -109,6 +129,15 @@ def train(
     if config is None and resume is None:
         raise typer.BadParameter("give --config FILE, or --resume CHECKPOINT to continue a run")
     cfg = load_config(config, overrides) if config is not None else None  # else: the checkpoint's own
+    if outlier_angle is not None and not report_outliers:
+        raise typer.BadParameter("--outlier-angle applies to --report-outliers: add --report-outliers, or drop it")
+    run_config = None
+    if report_outliers:  # refused before training, not after it
+        from facetrain.outliers import check_reportable
+        from facetrain.report import check_output_path
+
+        run_config = check_reportable(cfg, resume, overrides, source=str(config or "config"))
+        check_output_path(Path(run_config.run_dir) / "outliers.tsv", "--report-outliers")
     show_bar = sys.stderr.isatty() if progress is None else progress
     result = run_training(cfg, resume=resume, overrides=overrides, overwrite=overwrite, progress=show_bar)
     typer.echo(f"checkpoint: {result.checkpoint} (epoch {result.epochs_done}, step {result.steps_done})")
@@ -119,6 +148,52 @@ def train(
         typer.echo(f"{result.after.label}: {stage} {result.before.value:.4f} -> after {result.after.value:.4f}")
         typer.echo(f"  before: {result.before.detail}")
         typer.echo(f"  after:  {result.after.detail}")
+    if run_config is not None:
+        from facetrain.runtime import resolve_device
+
+        out = result.checkpoint.parent / "outliers.tsv"
+        _report_outliers(result.checkpoint, out, outlier_angle, resolve_device(run_config.train.device), None)
+
+
+@app.command("outliers")
+@error_boundary
+def outliers_command(
+    checkpoint: Annotated[
+        Path, typer.Option("--checkpoint", help="A last.pt or best.pt of a head.type=subcenter_arcface run.")
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="The TSV to write (default: outliers.tsv beside the checkpoint).")
+    ] = None,
+    angle: Annotated[
+        float,
+        typer.Option("--angle", min=0.0, max=180.0, help="Flag outliers over this many degrees from the dominant one."),
+    ] = 75.0,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, help="Images per batch (default: eval.batch_size).")
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """List likely mislabelled training images of a Sub-center ArcFace run, furthest first.
+
+    Example: facetrain outliers --checkpoint runs/demo/last.pt --out runs/demo/outliers.tsv
+    """
+    from facetrain.report import check_output_path
+    from facetrain.runtime import resolve_device
+
+    target = check_output_path(out or checkpoint.parent / "outliers.tsv", "--out")  # before the embedding work
+    _report_outliers(checkpoint, target, angle, resolve_device(device), batch_size)
+
+
+def _report_outliers(
+    checkpoint: Path, out: Path, angle: float | None, device: torch.device, batch_size: int | None
+) -> None:
+    """Shared by ``train --report-outliers`` and ``outliers``: find, write the TSV, print the summary."""
+    from facetrain.outliers import DEFAULT_ANGLE, find_outliers, format_summary, write_outliers_tsv
+
+    report = find_outliers(checkpoint, device, DEFAULT_ANGLE if angle is None else angle, batch_size)
+    path = write_outliers_tsv(report, out)
+    typer.echo(format_summary(report))
+    typer.echo(f"outliers: {path}")
 
 
 @app.command("eval")

@@ -9,6 +9,7 @@ This module is a leaf: no torch, and of facetrain only ``errors`` and the generi
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,18 @@ BACKBONE_NAMES = (
     "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
 )  # fmt: skip
 MAX_SEED = 2**32 - 1
+HEAD_TYPES = ("arcface", "cosface", "combined", "subcenter_arcface", "curricularface", "adaface", "softmax")
+# The options each head takes, with the default a null value stands for (the paper's setting).
+# Setting an option the chosen head does not take is an error, never silently ignored.
+HEAD_OPTIONS: dict[str, dict[str, Any]] = {
+    "arcface": {"s": 64.0, "m": 0.5, "easy_margin": False},
+    "cosface": {"s": 64.0, "m": 0.35},
+    "combined": {"s": 64.0, "m1": 1.0, "m2": 0.5, "m3": 0.0},
+    "subcenter_arcface": {"s": 64.0, "m": 0.5, "easy_margin": False, "k": 3},
+    "curricularface": {"s": 64.0, "m": 0.5, "ema_alpha": 0.01},
+    "adaface": {"s": 64.0, "m": 0.4, "h": 0.333, "ema_alpha": 0.01},
+    "softmax": {},
+}
 # Metrics that can choose best.pt; each names a number of the verification report.
 BEST_METRICS = ("accuracy", "roc_auc", "tar@far=1e-1", "tar@far=1e-2", "tar@far=1e-3", "tar@far=1e-4")
 
@@ -63,11 +76,42 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class HeadConfig:
-    type: Literal["arcface"] = option("arcface", "Margin head.")
-    s: float = option(64.0, "Logit scale.", gt=0.0)
-    m: float = option(0.5, "Additive angular margin in radians.", ge=0.0, lt=1.5707963267948966)
-    easy_margin: bool = option(False, "Apply the margin only where cos(theta) > 0.")
+    type: Literal[HEAD_TYPES] = option(
+        "arcface", "Classification head: a margin head, or softmax (plain linear, the no-margin baseline)."
+    )
+    s: float | None = option(None, "Logit scale. null: 64 (every head but softmax).", gt=0.0)
+    m: float | None = option(
+        None,
+        "Margin. null: 0.5 rad for arcface, subcenter_arcface and curricularface; 0.35 (cosine) for cosface; "
+        "0.4 for adaface.",
+        ge=0.0,
+        lt=1.5707963267948966,
+    )
+    easy_margin: bool | None = option(
+        None, "arcface, subcenter_arcface: margin only where cos(theta) > 0. null: false."
+    )
+    m1: float | None = option(
+        None, "combined: multiplicative angular margin (SphereFace-style when not 1). null: 1.0.", gt=0.0, le=8.0
+    )
+    m2: float | None = option(
+        None, "combined: additive angular margin in radians (ArcFace). null: 0.5.", ge=0.0, lt=1.5707963267948966
+    )
+    m3: float | None = option(None, "combined: additive cosine margin (CosFace). null: 0.0.", ge=0.0, le=1.0)
+    k: int | None = option(None, "subcenter_arcface: sub-centres per class. null: 3.", ge=1, le=64)
+    h: float | None = option(
+        None, "adaface: how strongly the feature norm moves the margin. null: 0.333.", gt=0.0, le=1.0
+    )
+    ema_alpha: float | None = option(
+        None,
+        "curricularface, adaface: weight of each new batch in the running statistics "
+        "(curricularface t, adaface norm mean/std). null: 0.01.",
+        gt=0.0,
+        le=1.0,
+    )
     num_classes: int | None = option(None, "Optional check: must equal the number of training identities found.", ge=2)
+
+
+HEAD_OPTION_NAMES = tuple(f.name for f in dataclasses.fields(HeadConfig) if f.name not in ("type", "num_classes"))
 
 
 @dataclass(frozen=True)
@@ -153,7 +197,31 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
         count = f"{len(problems)} problem" + ("s" if len(problems) > 1 else "")
         lines = "\n".join(f"  {p}" for p in problems)
         raise ConfigError(f"{source}: {count}:\n{lines}")
-    return config
+    # Null head options become the chosen head's defaults, so saved configs state every value used.
+    return dataclasses.replace(config, head=dataclasses.replace(config.head, **head_options(config.head)))
+
+
+def head_options(head: HeadConfig) -> dict[str, Any]:
+    """The chosen head's options, each null one replaced by its default (see HEAD_OPTIONS)."""
+    return {
+        name: default if getattr(head, name) is None else getattr(head, name)
+        for name, default in HEAD_OPTIONS[head.type].items()
+    }
+
+
+def _head_problems(head: HeadConfig) -> list[str]:
+    problems = []
+    for name in HEAD_OPTION_NAMES:
+        if getattr(head, name) is None or name in HEAD_OPTIONS[head.type]:
+            continue
+        users = [t for t, options in HEAD_OPTIONS.items() if name in options]
+        others = [t for t in HEAD_TYPES if t not in users]
+        taken_by = f"by every head but {others[0]}" if len(others) == 1 else "only by " + ", ".join(users)
+        problems.append(
+            f"head.{name}: not an option of head.type={head.type} (it is taken {taken_by}): "
+            f"remove it, or set it to null (--set head.{name}=null)"
+        )
+    return problems
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:
@@ -258,6 +326,7 @@ def _cross_checks(config: Config) -> list[str]:
     for index, pairs_set in enumerate(config.eval.sets):
         if not pairs_set.pairs:
             problems.append(f"eval.sets[{index}].pairs: required: the path of a pairs file")
+    problems.extend(_head_problems(config.head))
     if train.min_lr > train.lr:
         problems.append(f"train.min_lr: {train.min_lr} is above train.lr ({train.lr})")
     return problems

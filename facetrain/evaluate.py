@@ -46,22 +46,30 @@ class LoadedModel:
     config: Config
 
 
-def load_model(path: str | Path, device: torch.device) -> LoadedModel:
-    """The embedder of a checkpoint, in eval mode, with the preprocessing it was trained with."""
-    state = load_checkpoint(path)
+def load_model(path: str | Path, device: torch.device, state: dict[str, Any] | None = None) -> LoadedModel:
+    """The embedder of a checkpoint, in eval mode, with the preprocessing it was trained with.
+
+    ``state`` is the checkpoint at ``path`` when the caller has read it already (it is read once).
+    """
+    state = load_checkpoint(path) if state is None else state
     config = config_from_dict(state["config"], source=f"config inside '{path}'")
     # The weights come from the checkpoint; never re-read the original pretrained file.
     model_config = dataclasses.replace(config.model, pretrained=None)
     embedder = build_embedder(model_config, config.data.image_size)
+    load_weights(embedder, state, "embedder", path)
+    return LoadedModel(embedder.to(device).eval(), Preprocess.from_config(config.data), config)
+
+
+def load_weights(module: torch.nn.Module, state: dict[str, Any], part: str, path: str | Path) -> None:
+    """Loads ``state[part]`` into ``module``; weights that do not fit name the first mismatch in one line."""
     try:
-        embedder.load_state_dict(state["embedder"])
+        module.load_state_dict(state[part])
     except (RuntimeError, TypeError, AttributeError):
-        reason = first_mismatch(embedder.state_dict(), state["embedder"])
+        reason = first_mismatch(module.state_dict(), state[part])
         raise CheckpointError(
-            f"checkpoint '{path}': its embedder weights do not fit its own config ({reason}): "
+            f"checkpoint '{path}': its {part} weights do not fit its own config ({reason}): "
             "the file was altered or not written by facetrain train"
         ) from None
-    return LoadedModel(embedder.to(device).eval(), Preprocess.from_config(config.data), config)
 
 
 def first_mismatch(expected: dict[str, Any], given: Any) -> str:

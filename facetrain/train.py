@@ -15,7 +15,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from facetrain.checkpoint import RESUME_KEYS, check_resumable, load_checkpoint, require_keys, save_checkpoint
-from facetrain.config import Config, config_to_dict, dump_config, resolve_config
+from facetrain.config import Config, config_to_dict, dump_config, head_options, resolve_config
 from facetrain.data import EpochSampler, build_datasets, num_classes_problem, train_loader
 from facetrain.errors import CheckpointError, ConfigError, DataError, TrainingError
 from facetrain.models import build_embedder, build_head
@@ -100,9 +100,10 @@ class Trainer:
                 f"run_dir: cannot write to '{self.run_dir}' ({exc.strerror}): choose another run_dir"
             ) from None
         log.info(
-            "model: %s -> %s embedding, ArcFace over %d classes; device %s, amp %s; %d steps/epoch",
+            "model: %s -> %s embedding, %s head over %d classes; device %s, amp %s; %d steps/epoch",
             cfg.model.backbone,
             cfg.model.embedding_dim,
+            _describe_head(cfg),
             self.data.num_classes,
             self.device,
             self.precision.name,
@@ -334,6 +335,11 @@ def train(
     trainer = Trainer(config, resume=resume, overwrite=overwrite, progress=progress, resume_state=state)
     trainer.setup()
     return trainer.fit()
+
+
+def _describe_head(cfg: Config) -> str:
+    options = ", ".join(f"{name}={value}" for name, value in head_options(cfg.head).items())
+    return f"{cfg.head.type} ({options})" if options else cfg.head.type
 
 
 def _format(stats: dict[str, float]) -> str:

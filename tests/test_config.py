@@ -1,10 +1,22 @@
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from facetrain.config import Config, all_keys, config_from_dict, load_config
+from facetrain.config import (
+    HEAD_OPTION_NAMES,
+    HEAD_OPTIONS,
+    HEAD_TYPES,
+    Config,
+    all_keys,
+    config_from_dict,
+    config_to_dict,
+    describe_keys,
+    head_options,
+    load_config,
+)
 from facetrain.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,7 +33,8 @@ def problems_of(exc: pytest.ExceptionInfo) -> list[str]:
 
 
 def test_defaults_are_valid():
-    assert config_from_dict({}) == Config()
+    cfg = config_from_dict({})
+    assert cfg == dataclasses.replace(Config(), head=dataclasses.replace(Config().head, **HEAD_OPTIONS["arcface"]))
 
 
 def test_typo_gets_did_you_mean(tmp_path):
@@ -187,3 +200,67 @@ def test_a_directory_is_not_a_config(tmp_path):
 def test_one_held_out_identity_is_refused():
     with pytest.raises(ConfigError, match="data.val_identities: verification needs 0 or at least 2"):
         config_from_dict({"data": {"val_identities": 1}})
+
+
+# --------------------------------------------------------------------------- heads
+
+
+@pytest.mark.parametrize("kind", HEAD_TYPES)
+def test_each_head_gets_its_own_defaults_and_saves_them(kind):
+    cfg = config_from_dict({"head": {"type": kind}})
+    assert head_options(cfg.head) == HEAD_OPTIONS[kind]
+    saved = config_to_dict(cfg)["head"]
+    for name in HEAD_OPTION_NAMES:  # the saved config states every value the head uses, and only those
+        assert saved[name] == HEAD_OPTIONS[kind].get(name), name
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+
+
+def test_head_options_set_explicitly_win_over_defaults():
+    cfg = config_from_dict({"head": {"type": "cosface", "m": 0.4, "s": 30}})
+    assert head_options(cfg.head) == {"s": 30.0, "m": 0.4}
+
+
+def test_an_option_the_head_does_not_take_is_an_error():
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict({"head": {"type": "softmax", "s": 32, "m": 0.5}})
+    assert problems_of(exc) == [
+        "head.s: not an option of head.type=softmax (it is taken by every head but softmax): remove it, "
+        "or set it to null (--set head.s=null)",
+        "head.m: not an option of head.type=softmax (it is taken only by arcface, cosface, subcenter_arcface, "
+        "curricularface, adaface): remove it, or set it to null (--set head.m=null)",
+    ]
+    with pytest.raises(ConfigError, match=r"head.k: not an option of head.type=arcface \(it is taken only by sub"):
+        config_from_dict({"head": {"k": 2}})
+
+
+def test_switching_head_from_the_command_line(tmp_path):
+    demo = REPO / "configs" / "demo.yaml"
+    assert load_config(demo, ["head.type=cosface"]).head.m == HEAD_OPTIONS["cosface"]["m"]
+    assert load_config(demo, ["head.type=softmax", "head.s=null"]).head.type == "softmax"
+    with pytest.raises(ConfigError, match="head.s=null"):
+        load_config(demo, ["head.type=softmax"])
+
+
+@pytest.mark.parametrize(
+    "head, problem",
+    [
+        ({"type": "combined", "m1": 0}, "head.m1: must be > 0.0"),
+        ({"type": "subcenter_arcface", "k": 0}, "head.k: must be >= 1"),
+        ({"type": "adaface", "h": 0}, "head.h: must be > 0.0"),
+        ({"type": "curricularface", "ema_alpha": 1.5}, "head.ema_alpha: must be <= 1.0"),
+        ({"type": "cosface", "m": 2}, "head.m: must be < 1.57"),
+    ],
+)
+def test_head_option_ranges(head, problem):
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict({"head": head})
+    assert problems_of(exc)[0].startswith(problem)
+
+
+def test_help_states_each_heads_default():
+    helps = {key: help_text for key, _, _, help_text in describe_keys()}
+    for kind, options in HEAD_OPTIONS.items():
+        for name, default in options.items():
+            shown = str(default).lower() if isinstance(default, bool) else f"{default:g}"
+            assert shown in helps[f"head.{name}"], (kind, name)
+    assert set().union(*HEAD_OPTIONS.values()) == set(HEAD_OPTION_NAMES)

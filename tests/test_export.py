@@ -51,10 +51,16 @@ print(json.dumps(metadata))
 """
 
 
-def make_checkpoint(root: Path, backbone: str = "resnet18", **data: object) -> tuple[Path, Embedder]:
+def make_checkpoint(
+    root: Path, backbone: str = "resnet18", head: dict | None = None, **data: object
+) -> tuple[Path, Embedder]:
     """An untrained checkpoint (embedding_dim 8, 32 px) and its embedder in eval mode."""
     config = tiny_config(
-        root / "faces", root / "run", model={"backbone": backbone, "embedding_dim": 8}, data={"image_size": 32, **data}
+        root / "faces",
+        root / "run",
+        model={"backbone": backbone, "embedding_dim": 8},
+        data={"image_size": 32, **data},
+        **({"head": head} if head else {}),
     )
     # Built on the meta device, then given real weights: torchvision would first initialise VGG's
     # 120M-parameter classifier, which the embedder drops, and that dominated this file's run time.
@@ -133,6 +139,20 @@ def test_every_backbone_exports_with_parity_and_dynamic_batch(tmp_path: Path, ba
         assert output.shape == (batch, 8) and output.dtype == torch.float32
         torch.testing.assert_close(output.norm(dim=1), torch.ones(batch))
         assert (output - eager(embedder, images)).abs().max() <= 1e-4
+
+
+def test_the_head_does_not_change_what_export_returns(tmp_path: Path) -> None:
+    """AdaFace reads the embedding's norm in training; the exported model still returns unit vectors."""
+    images = torch.rand(4, 3, 32, 32) * 2 - 1
+    outputs = {}
+    for kind in ("arcface", "adaface", "softmax"):
+        head = {"type": kind, **({"s": None, "m": None} if kind == "softmax" else {})}
+        checkpoint, embedder = make_checkpoint(tmp_path / kind, head=head)
+        model = torch.jit.load(str(export_model(checkpoint, tmp_path / kind / "model.pt").path))
+        with torch.no_grad():
+            outputs[kind] = model(images)
+        assert (outputs[kind] - eager(embedder, images)).abs().max() <= 1e-4
+    assert torch.equal(outputs["arcface"], outputs["adaface"]) and torch.equal(outputs["arcface"], outputs["softmax"])
 
 
 def test_head_is_not_exported(exported: Exported) -> None:

@@ -4,7 +4,8 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from facetrain.models.heads import ArcFace
+from facetrain.config import HEAD_TYPES, HeadConfig
+from facetrain.models.heads import build_head
 from facetrain.train import Trainer
 
 pytestmark = [
@@ -25,9 +26,19 @@ def test_cuda_amp_training_runs_and_loss_falls(faces, tmp_path, amp):
     assert bool(state["scaler"]) == (amp == "fp16")
 
 
-def test_head_is_float32_under_cuda_autocast():
-    head = ArcFace(16, 10, s=32.0, m=0.5, easy_margin=False).cuda()
+@pytest.mark.parametrize("kind", HEAD_TYPES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_head_is_float32_under_cuda_autocast(kind, dtype):
+    head = build_head(HeadConfig(type=kind), 16, 10).cuda().train()
     embeddings = torch.randn(8, 16, device="cuda")
-    with torch.autocast("cuda", dtype=torch.float16):
-        logits, _ = head(embeddings.half(), torch.arange(8, device="cuda"))
-    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    embeddings[0] = 0.0  # zero norm
+    rows = head.state_dict().get("class_centers", torch.ones(10, 16, device="cuda"))
+    embeddings[1] = rows[1 * getattr(head, "centers_per_class", 1)]  # on class 1's (first sub-)centre: cos = 1
+    labels = torch.arange(8, device="cuda")
+    with torch.autocast("cuda", dtype=dtype):
+        logits, scores = head(embeddings.to(dtype), labels)
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+    assert logits.dtype == torch.float32 and scores.dtype == torch.float32
+    assert torch.isfinite(logits).all()
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in head.parameters())

@@ -56,8 +56,11 @@ def test_resume_is_exact(faces, tmp_path):
     assert straight.scheduler.step_count == resumed.scheduler.step_count == 8
 
 
-def test_mid_epoch_resume_is_exact(faces, tmp_path):
-    overrides = {"train": {"checkpoint_every_steps": 3}, "model": {"dropout": 0.2}}
+@pytest.mark.parametrize("head", ["arcface", "curricularface", "adaface"])
+def test_mid_epoch_resume_is_exact(faces, tmp_path, head):
+    # The EMA heads' running statistics (buffers) must come back too, or the resumed run drifts.
+    head_section = {"type": head} if head == "arcface" else {"type": head, "s": 16.0, "m": 0.2}
+    overrides = {"train": {"checkpoint_every_steps": 3}, "model": {"dropout": 0.2}, "head": head_section}
     straight = make_trainer(tiny_config(faces, tmp_path / "a", **overrides))
     straight.fit()
     # Keep the checkpoint written at step 3 (mid-epoch 1), as if the run had died right after it.
@@ -71,7 +74,15 @@ def test_mid_epoch_resume_is_exact(faces, tmp_path):
     resumed = make_trainer(tiny_config(faces, tmp_path / "b", **overrides), resume=tmp_path / "b" / "last.pt")
     resumed.fit()
     a, b = weights(straight), weights(resumed)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+    for name, initial in type(resumed.head)(**_head_args(resumed)).named_buffers():
+        assert not torch.equal(b[f"h.{name}"], initial), name  # the statistics moved, and match
+
+
+def _head_args(trainer: Trainer) -> dict:
+    from facetrain.config import head_options
+
+    return {"embedding_dim": 16, "num_classes": trainer.data.num_classes, **head_options(trainer.config.head)}
 
 
 def test_gradient_accumulation_matches_one_big_batch(faces, tmp_path):
@@ -168,7 +179,7 @@ def test_resume_applies_changed_hyperparameters(faces, tmp_path):
 
 def test_resume_refuses_another_optimizer(faces, tmp_path):
     make_trainer(tiny_config(faces, tmp_path / "run", train={"epochs": 1})).fit()
-    with pytest.raises(CheckpointError, match="has train.optimizer 'sgd', config says 'adamw'"):
+    with pytest.raises(CheckpointError, match="has train.optimizer sgd, config says adamw"):
         make_trainer(
             tiny_config(faces, tmp_path / "run", train={"optimizer": "adamw", "lr": 1e-3}),
             resume=tmp_path / "run" / "last.pt",
@@ -267,7 +278,7 @@ def test_a_bad_pairs_file_fails_before_training(faces, tmp_path):
 @pytest.mark.parametrize(
     "change,message",
     [
-        ({"model": {"backbone": "resnet34"}}, "has model.backbone 'resnet18', config says 'resnet34'"),
+        ({"model": {"backbone": "resnet34"}}, "has model.backbone resnet18, config says resnet34"),
         ({"data": {"image_size": 48}}, "has data.image_size 32, config says 48"),
     ],
 )
@@ -275,3 +286,19 @@ def test_resume_names_what_the_checkpoint_has(faces, tmp_path, change, message):
     make_trainer(tiny_config(faces, tmp_path / "run", train={"epochs": 1})).fit()
     with pytest.raises(CheckpointError, match=message):
         make_trainer(tiny_config(faces, tmp_path / "run", **change), resume=tmp_path / "run" / "last.pt")
+
+
+def test_resume_names_a_head_type_change_before_the_options_it_implies():
+    from facetrain.checkpoint import check_resumable
+    from facetrain.config import config_to_dict
+
+    saved = config_to_dict(config_from_dict({"head": {"type": "arcface"}}))
+    current = config_to_dict(config_from_dict({"head": {"type": "subcenter_arcface"}}))
+    with pytest.raises(CheckpointError) as exc:
+        check_resumable("last.pt", saved, current, mid_epoch=False)
+    assert "has head.type arcface, config says subcenter_arcface, which cannot change: set head.type: arcface" in str(
+        exc.value
+    )
+    k3, k2 = (config_to_dict(config_from_dict({"head": {"type": "subcenter_arcface", "k": k}})) for k in (3, 2))
+    with pytest.raises(CheckpointError, match="has head.k 3, config says 2, which cannot change: set head.k: 3"):
+        check_resumable("last.pt", k3, k2, mid_epoch=False)

@@ -1,4 +1,21 @@
-"""Margin heads. They see only embeddings and labels, and are dropped at export."""
+"""Classification heads: the margin family and a plain softmax baseline.
+
+Heads see only embeddings and labels, and are dropped at export. Each returns
+``(logits, scores)``: the scaled logits for cross-entropy (margin on the true class) and
+margin-free class scores (cosines, or the softmax's logits) for training accuracy.
+
+Conventions shared by the margin heads:
+
+- The embedder hands over its *un-normalised* embedding. Margin heads L2-normalise a copy of it
+  and of the class centres (the parameter itself is never modified); AdaFace also reads the
+  embedding's norm. Export normalises inside the exported module, so what a service receives does
+  not depend on the head.
+- All cosine and margin math runs in float32 (float64 if given), with autocast disabled.
+- ``theta`` is never taken with ``acos``: ``sin`` comes from a clamped ``sqrt`` whose gradient is
+  finite at cos = +-1 (``safe_sine``), and ``theta = atan2(sin, cos)`` where an angle is needed.
+- A zero embedding (norm 0) normalises to the zero vector: its cosine with every centre is 0, as
+  if it were orthogonal to all of them (theta = pi/2). AdaFace treats its norm as the minimum 0.001.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facetrain.config import HeadConfig
+from facetrain.config import HeadConfig, head_options
 from facetrain.errors import ShapeError
 
 
@@ -23,40 +40,49 @@ def safe_sine(cosine: torch.Tensor) -> torch.Tensor:
     return torch.where(positive, torch.sqrt(torch.where(positive, squared, torch.ones_like(squared))), 0.0)
 
 
+def angle(cosine: torch.Tensor) -> torch.Tensor:
+    """theta in [0, pi] from cos(theta): atan2(sin, cos), finite gradient everywhere (no acos)."""
+    return torch.atan2(safe_sine(cosine), cosine)
+
+
 def check_embedding_dim(embeddings: torch.Tensor, class_centers: torch.Tensor) -> None:
     """Turns the ``mat1 and mat2 shapes cannot be multiplied`` failure into a message that says what to fix."""
     if embeddings.ndim != 2 or embeddings.shape[1] != class_centers.shape[1]:
         raise ShapeError(
-            f"the head's class centres are {tuple(class_centers.shape)} (num_classes x embedding_dim) but the "
+            f"the head's class centres are {tuple(class_centers.shape)} (rows x embedding_dim) but the "
             f"embedder gives embeddings of shape {tuple(embeddings.shape)}: model.embedding_dim must equal "
             f"{class_centers.shape[1]} for this head, or start a new run"
         )
 
 
-class ArcFace(nn.Module):
-    """Additive angular margin (Deng et al., "ArcFace", CVPR 2019).
+def additive_angular_margin(cosine: torch.Tensor, m: float, easy_margin: bool = False) -> torch.Tensor:
+    """ArcFace's target rule: cos(theta + m), and past theta + m > pi the fallback cos(theta) - m*sin(m).
 
-    Target logit ``s * cos(theta + m)``, other logits ``s * cos(theta)``. Where ``theta + m > pi``
-    (``cos theta < cos(pi - m)``) the target logit becomes ``s * (cos theta - m * sin m)``, which keeps
-    it monotonic in theta; with ``easy_margin`` the margin applies only where ``cos theta > 0``.
-    All cosine and margin math runs in float32, also under autocast.
+    The fallback keeps the target decreasing in theta where cos(theta + m) would turn back up.
+    With ``easy_margin`` the margin applies only where cos(theta) > 0, else cos(theta) is kept.
     """
+    shifted = cosine * math.cos(m) - safe_sine(cosine) * math.sin(m)  # cos(theta + m)
+    if easy_margin:
+        return torch.where(cosine > 0, shifted, cosine)
+    return torch.where(cosine > math.cos(math.pi - m), shifted, cosine - m * math.sin(m))
 
-    def __init__(self, embedding_dim: int, num_classes: int, s: float, m: float, easy_margin: bool) -> None:
+
+class MarginHead(nn.Module):
+    """Normalised class centres and float32 cosines; subclasses say how the true class's logit changes."""
+
+    def __init__(self, embedding_dim: int, num_classes: int, s: float, centers_per_class: int = 1) -> None:
         super().__init__()
-        self.class_centers = nn.Parameter(torch.empty(num_classes, embedding_dim))
+        self.class_centers = nn.Parameter(torch.empty(num_classes * centers_per_class, embedding_dim))
         nn.init.normal_(self.class_centers, std=0.01)
-        self.s, self.m, self.easy_margin = s, m, easy_margin
-        self.cos_m, self.sin_m = math.cos(m), math.sin(m)
-        self.threshold = math.cos(math.pi - m)  # theta + m > pi  <=>  cos theta < threshold
-        self.fallback = m * math.sin(m)
+        self.s = s
+        self.centers_per_class = centers_per_class
 
     @property
     def num_classes(self) -> int:
-        return self.class_centers.shape[0]
+        return self.class_centers.shape[0] // self.centers_per_class
 
-    def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """(B, D) -> (B, num_classes) cosines, in float32 (at least)."""
+    def center_cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """(B, D) -> (B, rows) cosine with every centre row, in float32 (at least)."""
         check_embedding_dim(embeddings, self.class_centers)
         dtype = torch.promote_types(embeddings.dtype, torch.float32)
         with torch.autocast(embeddings.device.type, enabled=False):
@@ -65,23 +91,217 @@ class ArcFace(nn.Module):
             centers = F.normalize(self.class_centers.to(dtype), dim=1)
             return (unit @ centers.t()).clamp(-1.0, 1.0)
 
-    def margin(self, target_cos: torch.Tensor) -> torch.Tensor:
-        """cos(theta) of the true class -> its margin-adjusted cosine."""
-        with torch.autocast(target_cos.device.type, enabled=False):
-            shifted = target_cos * self.cos_m - safe_sine(target_cos) * self.sin_m  # cos(theta + m)
-            if self.easy_margin:
-                return torch.where(target_cos > 0, shifted, target_cos)
-            return torch.where(target_cos > self.threshold, shifted, target_cos - self.fallback)
+    def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """(B, D) -> (B, num_classes) cosines, in float32 (at least)."""
+        return self.center_cosine(embeddings)
+
+    def target(self, target_cos: torch.Tensor) -> torch.Tensor:
+        """cos(theta) of the true class (B, 1) -> its margin-adjusted value."""
+        raise NotImplementedError
+
+    def logits(self, cosine: torch.Tensor, index: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        """Unscaled logits: the cosines with the true class's entry replaced by ``target``."""
+        return cosine.scatter(1, index, self.target(cosine.gather(1, index)))
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (scaled logits with the margin on the target class, plain cosines), both (B, num_classes)."""
+        """Returns (scaled logits with the margin on the true class, plain cosines), both (B, num_classes)."""
         cosine = self.cosine(embeddings)
-        index = labels.view(-1, 1)
-        target = self.margin(cosine.gather(1, index))
-        logits = cosine.scatter(1, index, target) * self.s
-        return logits, cosine
+        with torch.autocast(embeddings.device.type, enabled=False):
+            logits = self.logits(cosine, labels.view(-1, 1), embeddings.to(cosine.dtype))
+        return logits * self.s, cosine
+
+
+class ArcFace(MarginHead):
+    """Additive angular margin. Deng et al., "ArcFace: Additive Angular Margin Loss for Deep Face
+    Recognition", CVPR 2019.
+
+    True class: ``s * cos(theta + m)``; where ``theta + m > pi`` (``cos theta < cos(pi - m)``) it is
+    ``s * (cos theta - m * sin m)`` instead, which keeps it decreasing in theta. With
+    ``easy_margin`` the margin applies only where ``cos theta > 0``. Other classes: ``s * cos theta``.
+    """
+
+    def __init__(self, embedding_dim: int, num_classes: int, s: float, m: float, easy_margin: bool = False) -> None:
+        super().__init__(embedding_dim, num_classes, s)
+        self.m, self.easy_margin = m, easy_margin
+
+    def target(self, target_cos: torch.Tensor) -> torch.Tensor:
+        return additive_angular_margin(target_cos, self.m, self.easy_margin)
+
+
+class CosFace(MarginHead):
+    """Additive cosine margin. Wang et al., "CosFace: Large Margin Cosine Loss for Deep Face
+    Recognition", CVPR 2018 (also AM-Softmax, Wang et al., IEEE SPL 2018).
+
+    True class: ``s * (cos theta - m)``; other classes: ``s * cos theta``. No branch points.
+    """
+
+    def __init__(self, embedding_dim: int, num_classes: int, s: float, m: float) -> None:
+        super().__init__(embedding_dim, num_classes, s)
+        self.m = m
+
+    def target(self, target_cos: torch.Tensor) -> torch.Tensor:
+        return target_cos - self.m
+
+
+class CombinedMargin(MarginHead):
+    """The combined margin of the ArcFace paper (Deng et al., CVPR 2019, eq. 4):
+    true class ``s * (cos(m1 * theta + m2) - m3)``.
+
+    (1, m, 0) is ArcFace and (1, 0, m) is CosFace, exactly. Where ``m1 * theta + m2`` passes pi:
+
+    - ``m1 = 1``: ArcFace's fallback, ``cos theta - m2 * sin m2 - m3``.
+    - ``m1 != 1`` (SphereFace-style; Liu et al., "SphereFace: Deep Hypersphere Embedding for Face
+      Recognition", CVPR 2017): SphereFace's psi, generalised to the additive terms:
+      ``(-1)^k * cos(m1 * theta + m2) - 2k - m3`` with ``k = floor((m1 * theta + m2) / pi)``.
+      It is continuous and keeps decreasing in theta up to theta = pi.
+
+    So past pi the rule switches between m1 = 1 exactly and any other m1 (below pi both agree).
+    ``theta`` comes from ``atan2``, never ``acos``.
+    """
+
+    def __init__(self, embedding_dim: int, num_classes: int, s: float, m1: float, m2: float, m3: float) -> None:
+        super().__init__(embedding_dim, num_classes, s)
+        self.m1, self.m2, self.m3 = m1, m2, m3
+
+    def target(self, target_cos: torch.Tensor) -> torch.Tensor:
+        if self.m1 == 1.0:
+            return additive_angular_margin(target_cos, self.m2) - self.m3
+        phi = self.m1 * angle(target_cos) + self.m2
+        k = torch.floor(phi.detach() / math.pi)
+        sign = 1.0 - 2.0 * torch.remainder(k, 2.0)
+        return sign * torch.cos(phi) - 2.0 * k - self.m3
+
+
+class SubcenterArcFace(MarginHead):
+    """ArcFace over K sub-centres per class. Deng et al., "Sub-center ArcFace: Boosting Face
+    Recognition by Large-scale Noisy Web Faces", ECCV 2020.
+
+    ``cos theta_j = max_k cos(x, w_jk)``, then ArcFace's rule on the true class. A clean image sits
+    near its class's dominant sub-centre; an image nearest another sub-centre is a label-noise
+    suspect (see ``facetrain.outliers``). With K = 1 it is ArcFace exactly.
+    """
+
+    def __init__(
+        self, embedding_dim: int, num_classes: int, s: float, m: float, easy_margin: bool = False, k: int = 3
+    ) -> None:
+        super().__init__(embedding_dim, num_classes, s, centers_per_class=k)
+        self.m, self.easy_margin = m, easy_margin
+
+    def subcenter_cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """(B, D) -> (B, num_classes, K) cosine with every sub-centre; row ``c * K + j`` is class c's j-th."""
+        cosine = self.center_cosine(embeddings)
+        return cosine.view(cosine.shape[0], self.num_classes, self.centers_per_class)
+
+    def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.subcenter_cosine(embeddings).amax(dim=2)
+
+    def target(self, target_cos: torch.Tensor) -> torch.Tensor:
+        return additive_angular_margin(target_cos, self.m, self.easy_margin)
+
+
+class CurricularFace(MarginHead):
+    """Adaptive curriculum. Huang et al., "CurricularFace: Adaptive Curriculum Learning Loss for Deep
+    Face Recognition", CVPR 2020.
+
+    True class: ArcFace's ``T = cos(theta_y + m)`` (with its fallback past pi). Another class j is
+    ``cos theta_j`` if ``cos theta_j <= T``, else a hard negative, re-weighted to
+    ``cos theta_j * (t + cos theta_j)``. ``T`` is the true class's final logit (after the fallback),
+    as in the paper's definition; the authors' code compares with ``cos(theta_y + m)`` before the
+    fallback, which differs only where ``theta_y > pi - m``. ``t`` is a running mean of the batches'
+    ``cos theta_y``,
+    ``t <- (1 - ema_alpha) * t + ema_alpha * mean(cos theta_y)``, starting at 0 (easy samples first)
+    and updated before use in training mode only. It is a buffer, so checkpoints carry it.
+    """
+
+    def __init__(self, embedding_dim: int, num_classes: int, s: float, m: float, ema_alpha: float) -> None:
+        super().__init__(embedding_dim, num_classes, s)
+        self.m, self.ema_alpha = m, ema_alpha
+        self.register_buffer("t", torch.zeros(()))
+
+    def logits(self, cosine: torch.Tensor, index: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        target_cos = cosine.gather(1, index)
+        target = additive_angular_margin(target_cos, self.m)
+        if self.training:
+            with torch.no_grad():
+                self.t.lerp_(target_cos.mean().to(self.t.dtype), self.ema_alpha)
+        t = self.t.to(cosine.dtype)
+        hard = cosine > target
+        others = torch.where(hard, cosine * (t + cosine), cosine)
+        return others.scatter(1, index, target)
+
+
+class AdaFace(MarginHead):
+    """Quality-adaptive margin. Kim, Jain and Liu, "AdaFace: Quality Adaptive Margin for Face
+    Recognition", CVPR 2022.
+
+    The embedding norm ``n = clamp(||x||, 0.001, 100)`` (not differentiated) measures image quality
+    against running batch statistics: ``q = clamp(h * (n - mean) / (std + 0.001), -1, 1)``. True
+    class: ``cos(clamp(theta_y - m * q, 0, pi)) - (m + m * q)``; other classes ``cos theta``. So a
+    low-quality image (q = -1) gets ArcFace's ``cos(theta + m)``, an average one (q = 0) CosFace's
+    ``cos theta - m``, and a high-quality one (q = 1) ``cos(theta - m) - 2m``, which weights its hard
+    samples more. Past the clamps (theta - m * q below 0 or above pi) the true-class logit is flat, as
+    in the paper's code. ``mean`` and ``std`` start at 20 and 100, move by ``ema_alpha`` per training
+    batch, and are buffers, so checkpoints carry them.
+    """
+
+    NORM_MIN, NORM_MAX, EPS = 0.001, 100.0, 0.001
+
+    def __init__(self, embedding_dim: int, num_classes: int, s: float, m: float, h: float, ema_alpha: float) -> None:
+        super().__init__(embedding_dim, num_classes, s)
+        self.m, self.h, self.ema_alpha = m, h, ema_alpha
+        self.register_buffer("norm_mean", torch.tensor(20.0))
+        self.register_buffer("norm_std", torch.tensor(100.0))
+
+    def quality(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """(B, D) -> (B, 1) margin scaler q in [-1, 1]; updates the running statistics when training."""
+        norms = embeddings.detach().norm(dim=1, keepdim=True).clamp(self.NORM_MIN, self.NORM_MAX)
+        if self.training:
+            with torch.no_grad():
+                self.norm_mean.lerp_(norms.mean().to(self.norm_mean.dtype), self.ema_alpha)
+                if norms.shape[0] > 1:  # the spread of one sample is undefined: keep the running value
+                    self.norm_std.lerp_(norms.std().to(self.norm_std.dtype), self.ema_alpha)
+        mean, std = self.norm_mean.to(norms.dtype), self.norm_std.to(norms.dtype)
+        return (self.h * (norms - mean) / (std + self.EPS)).clamp(-1.0, 1.0)
+
+    def logits(self, cosine: torch.Tensor, index: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        q = self.quality(embeddings)
+        theta = angle(cosine.gather(1, index))
+        target = torch.cos((theta - self.m * q).clamp(0.0, math.pi)) - (self.m + self.m * q)
+        return cosine.scatter(1, index, target)
+
+
+class Softmax(nn.Module):
+    """Plain linear classifier, ``logits = W x + b`` on the un-normalised embedding: the baseline that
+    shows what normalisation and margins buy. No scale, no margin; math in float32 under autocast.
+    """
+
+    def __init__(self, embedding_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.classifier = nn.Linear(embedding_dim, num_classes)
+
+    @property
+    def num_classes(self) -> int:
+        return self.classifier.out_features
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        check_embedding_dim(embeddings, self.classifier.weight)
+        dtype = torch.promote_types(embeddings.dtype, torch.float32)
+        with torch.autocast(embeddings.device.type, enabled=False):
+            logits = F.linear(embeddings.to(dtype), self.classifier.weight.to(dtype), self.classifier.bias.to(dtype))
+        return logits, logits
+
+
+HEADS: dict[str, type[nn.Module]] = {
+    "arcface": ArcFace,
+    "cosface": CosFace,
+    "combined": CombinedMargin,
+    "subcenter_arcface": SubcenterArcFace,
+    "curricularface": CurricularFace,
+    "adaface": AdaFace,
+    "softmax": Softmax,
+}
 
 
 def build_head(cfg: HeadConfig, embedding_dim: int, num_classes: int) -> nn.Module:
-    heads = {"arcface": lambda: ArcFace(embedding_dim, num_classes, cfg.s, cfg.m, cfg.easy_margin)}
-    return heads[cfg.type]()
+    """The head named by ``cfg.type`` with its options (null ones take the head's defaults)."""
+    return HEADS[cfg.type](embedding_dim, num_classes, **head_options(cfg))
