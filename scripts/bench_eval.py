@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 
 from facetrain.config import ModelConfig
-from facetrain.data import scan_identities
-from facetrain.evaluate import embed_pairs_images, report_pairs
+from facetrain.data.folders import scan_identities
+from facetrain.data.preprocess import Preprocess
+from facetrain.evaluation.evaluate import embed_pairs_images, report_pairs
+from facetrain.evaluation.pairs import PairList
 from facetrain.models import build_embedder
-from facetrain.pairs import PairList
-from facetrain.preprocess import Preprocess
 from facetrain.runtime import resolve_device, resolve_precision
 
 ORL = Path(__file__).resolve().parents[1] / "facetrain" / "assets" / "orl"

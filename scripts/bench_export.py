@@ -21,7 +21,7 @@ import torch
 
 from facetrain.checkpoint import save_checkpoint
 from facetrain.config import config_from_dict, config_to_dict
-from facetrain.export import export_model
+from facetrain.deploy.export import export_model
 from facetrain.models import build_embedder, build_head
 from facetrain.models.backbones import backbone_names
 

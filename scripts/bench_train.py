@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 from facetrain.config import HeadConfig, ModelConfig, TrainConfig
 from facetrain.models import build_embedder, build_head
-from facetrain.optim import build_optimizer
 from facetrain.runtime import autocast, resolve_device, resolve_precision
+from facetrain.training.optim import build_optimizer
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ Protocol:
     keeps its default margins (facetrain.config.HEAD_OPTIONS) except the scale, ``--scale`` for each head
     that takes s (softmax takes none), and ``--option`` values (default: combined as the ArcFace paper's
     CM1, m2=0.3 m3=0.2). No evaluation during training, so nothing is selected on the test pairs.
-  - Evaluation: last.pt after the last epoch, scored by facetrain.evaluate.run_eval (what ``facetrain eval``
+  - Evaluation: last.pt after the last epoch, scored by facetrain.evaluation.evaluate.run_eval (what ``facetrain eval``
     runs; flip fusion on): 10-fold accuracy (mean and std over folds), TAR@FAR=1e-2 and ROC AUC.
   - Timing: wall clock of each Trainer.train_epoch (no evaluation, no checkpoint writes; torch's default
     thread count); the table gives the median epoch per head and the training images per second.
@@ -45,11 +45,11 @@ import torch
 import yaml
 
 from facetrain.config import HEAD_OPTIONS, HEAD_TYPES, Config, DataConfig, config_from_dict, config_to_dict
-from facetrain.data import split_identities
-from facetrain.evaluate import run_eval
-from facetrain.pairgen import make_pairs, write_lfw_pairs
+from facetrain.data.folders import split_identities
+from facetrain.evaluation.evaluate import run_eval
+from facetrain.evaluation.pairgen import make_pairs, write_lfw_pairs
 from facetrain.runtime import resolve_device
-from facetrain.train import Trainer
+from facetrain.training.trainer import Trainer
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "yaleb"
 HELD_OUT, SPLIT_SEED, FOLDS = 10, 0, 10

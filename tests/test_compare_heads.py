@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO, make_faces
 
 from facetrain.config import HEAD_OPTIONS, HEAD_TYPES, DataConfig, config_from_dict
-from facetrain.pairs import read_pairs
+from facetrain.evaluation.pairs import read_pairs
 
 spec = importlib.util.spec_from_file_location("compare_heads", REPO / "scripts" / "compare_heads.py")
 compare_heads = importlib.util.module_from_spec(spec)

@@ -6,7 +6,7 @@ from conftest import tiny_config
 
 from facetrain.config import HEAD_TYPES, HeadConfig
 from facetrain.models.heads import build_head
-from facetrain.train import Trainer
+from facetrain.training.trainer import Trainer
 
 pytestmark = [
     pytest.mark.gpu,

@@ -178,7 +178,7 @@ class SubcenterArcFace(MarginHead):
 
     ``cos theta_j = max_k cos(x, w_jk)``, then ArcFace's rule on the true class. A clean image sits
     near its class's dominant sub-centre; an image nearest another sub-centre is a label-noise
-    suspect (see ``facetrain.outliers``). With K = 1 it is ArcFace exactly.
+    suspect (see ``facetrain.diagnostics.outliers``). With K = 1 it is ArcFace exactly.
     """
 
     def __init__(

@@ -1,0 +1,220 @@
+"""Identity-folder datasets, the identity hold-out split, samplers and loaders."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from facetrain.config import DataConfig
+from facetrain.data.preprocess import IMAGE_EXTENSIONS, Preprocess
+from facetrain.errors import DataError
+
+log = logging.getLogger("facetrain")
+
+Identity = tuple[str, list[Path]]
+
+
+def scan_identities(root: str | Path, key: str = "data.root") -> list[Identity]:
+    """Lists ``root/<identity>/<image>`` as (identity, sorted image paths), sorted by name."""
+    if not str(root):
+        raise DataError(f"{key} is not set: point it at a folder with one sub-folder per identity")
+    folder = Path(root)
+    if not folder.is_dir():
+        raise DataError(
+            f"{key}: folder '{folder}' does not exist: set {key} to a folder with one sub-folder per identity"
+        )
+    identities = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        images = sorted(
+            p
+            for p in sub.iterdir()
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+        )
+        if images:
+            identities.append((sub.name, images))
+    if not identities:
+        raise DataError(
+            f"{key}: no identity folders with images in '{folder}': expected {folder}/<identity>/<image> "
+            f"with extensions {', '.join(sorted(IMAGE_EXTENSIONS))}"
+        )
+    return identities
+
+
+def drop_small(identities: list[Identity], minimum: int, where: str) -> list[Identity]:
+    kept = [item for item in identities if len(item[1]) >= minimum]
+    dropped = len(identities) - len(kept)
+    if dropped:
+        log.info(
+            "%s: dropped %d of %d identities with fewer than %d images (data.min_images_per_identity)",
+            where,
+            dropped,
+            len(identities),
+            minimum,
+        )
+    return kept
+
+
+class FaceDataset(Dataset):
+    """(image tensor, label) pairs. An index may be ``(i, flip)`` to flip that sample."""
+
+    def __init__(self, identities: list[Identity], preprocess: Preprocess) -> None:
+        self.class_names = [name for name, _ in identities]
+        self.samples = [(path, label) for label, (_, paths) in enumerate(identities) for path in paths]
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: int | tuple[int, bool]) -> tuple[torch.Tensor, int]:
+        index, flip = key if isinstance(key, tuple) else (key, False)
+        path, label = self.samples[index]
+        return self.preprocess.load(path, flip=flip), label
+
+    @property
+    def labels(self) -> list[int]:
+        return [label for _, label in self.samples]
+
+
+class EpochSampler(Sampler):
+    """A seeded shuffle (and flip decision) per epoch, independent of global RNG state.
+
+    The order and augmentation of epoch ``e`` depend only on ``(seed, e)``, so a run resumed
+    mid-epoch skips exactly the samples it has seen and sees the rest exactly as before.
+    """
+
+    def __init__(self, size: int, seed: int, hflip: bool) -> None:
+        self.size, self.seed, self.hflip = size, seed, hflip
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self) -> Iterator[tuple[int, bool]]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        flips = (torch.rand(self.size, generator=generator) < 0.5).tolist()
+        for position in range(self.start, self.size):
+            yield order[position], self.hflip and flips[position]
+
+    def __len__(self) -> int:
+        return self.size - self.start
+
+
+@dataclass
+class Datasets:
+    train: FaceDataset
+    val: FaceDataset | None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.train.class_names)
+
+
+def build_datasets(cfg: DataConfig) -> Datasets:
+    """Scans the folders, drops small identities and holds out verification identities."""
+    preprocess = Preprocess.from_config(cfg)
+    identities, held_out = split_identities(cfg)
+    train = FaceDataset(identities, preprocess)
+    val = FaceDataset(held_out, preprocess) if held_out else None
+    log.info(
+        "data: %d training identities, %d images; %s",
+        len(identities),
+        len(train),
+        f"{len(held_out)} held-out identities, {len(val)} images" if val else "no held-out identities",
+    )
+    return Datasets(train, val)
+
+
+def num_classes_problem(wanted: int | None, found: int) -> str | None:
+    """The message when ``head.num_classes`` is set and disagrees with the training identities found."""
+    if wanted is None or wanted == found:
+        return None
+    return (
+        f"head.num_classes is {wanted} but data.root has {found} training identities: "
+        f"set head.num_classes: {found} or remove it"
+    )
+
+
+def split_identities(cfg: DataConfig) -> tuple[list[Identity], list[Identity]]:
+    """(training identities, held-out identities) after filtering, by split or from ``val_root``."""
+    identities = drop_small(scan_identities(cfg.root), cfg.min_images_per_identity, "data.root")
+    held_out: list[Identity] = []
+    if cfg.val_root is not None:
+        held_out = drop_small(
+            scan_identities(cfg.val_root, "data.val_root"), cfg.min_images_per_identity, "data.val_root"
+        )
+    elif cfg.val_identities:
+        if cfg.val_identities > len(identities) - 2:
+            raise DataError(
+                f"data.val_identities={cfg.val_identities} leaves fewer than 2 of the {len(identities)} "
+                f"identities in '{cfg.root}' for training: lower data.val_identities"
+            )
+        chosen = set(random.Random(cfg.split_seed).sample(range(len(identities)), cfg.val_identities))
+        held_out = [item for i, item in enumerate(identities) if i in chosen]
+        identities = [item for i, item in enumerate(identities) if i not in chosen]
+    _check_held_out(held_out, identities, "data.val_root" if cfg.val_root is not None else "data.val_identities")
+    if len(identities) < 2:
+        raise DataError(
+            f"data.root: '{cfg.root}' has {len(identities)} usable identities; training needs at least 2 "
+            "(check data.min_images_per_identity)"
+        )
+    return identities, held_out
+
+
+def _check_held_out(held_out: list[Identity], training: list[Identity], key: str) -> None:
+    if not held_out:
+        return
+    if len(held_out) < 2:
+        raise DataError(
+            f"{key}: {len(held_out)} held-out identity left after filtering; verification needs at least 2 "
+            "(add identities or lower data.min_images_per_identity)"
+        )
+    if all(len(paths) < 2 for _, paths in held_out):
+        raise DataError(
+            f"{key}: no held-out identity has 2 images, so there are no same-person pairs to verify: "
+            "use identities with at least 2 images"
+        )
+    shared = sorted({name for name, _ in held_out} & {name for name, _ in training})
+    if shared:
+        log.warning(
+            "data.val_root: %d held-out identity names also appear in data.root (e.g. %s); "
+            "held-out people should be different people",
+            len(shared), shared[0],
+        )  # fmt: skip
+
+
+def train_loader(
+    dataset: FaceDataset, sampler: EpochSampler, batch_size: int, num_workers: int, pin_memory: bool
+) -> DataLoader:
+    if len(dataset) < batch_size:
+        raise DataError(
+            f"train.batch_size={batch_size} is larger than the {len(dataset)} training images: lower train.batch_size"
+        )
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=True,  # BatchNorm needs full batches; the sampler reshuffles every epoch
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+        # A private generator keeps the loader from drawing on the global RNG.
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
+def eval_loader(dataset: FaceDataset, batch_size: int, num_workers: int, pin_memory: bool) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(0),
+    )

@@ -1,0 +1,87 @@
+"""Exported (deployable) models: their metadata and how facetrain loads them back.
+
+An exported TorchScript file carries ``facetrain.json`` in its extra files: everything a service
+needs to feed it (input size, centre crop, normalisation) and to read its output (embedding size,
+optionally a decision threshold). Plain ``torch.jit.load`` reads it; facetrain is not needed.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from facetrain import __version__
+from facetrain.config import Config
+from facetrain.data import MEAN, STD, Preprocess
+from facetrain.errors import CheckpointError
+
+METADATA_NAME = "facetrain.json"
+METADATA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    backbone: str
+    embedding_dim: int
+    image_size: int
+    center_crop: int | float | None
+    mean: tuple[float, float, float] = MEAN
+    std: tuple[float, float, float] = STD
+    threshold: float | None = None  # a verification threshold chosen by `facetrain eval`, if known
+    facetrain_version: str = __version__
+    format_version: int = METADATA_VERSION
+    input: str = "float32 N x 3 x H x W, RGB scaled to [0, 1] then (x - mean) / std, after centre crop and resize"
+    output: str = "float32 N x embedding_dim, L2-normalised (cosine similarity = dot product)"
+
+    @classmethod
+    def from_config(cls, config: Config, threshold: float | None = None) -> ModelMetadata:
+        return cls(
+            backbone=config.model.backbone,
+            embedding_dim=config.model.embedding_dim,
+            image_size=config.data.image_size,
+            center_crop=config.data.center_crop,
+            threshold=threshold,
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str, source: str) -> ModelMetadata:
+        try:
+            data = json.loads(text)
+            data["mean"], data["std"] = tuple(data["mean"]), tuple(data["std"])
+            return cls(**data)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise CheckpointError(
+                f"'{source}': its {METADATA_NAME} is unreadable ({exc}): re-export the model"
+            ) from None
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess(self.image_size, self.center_crop)
+
+
+def load_exported(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.jit.ScriptModule, ModelMetadata]:
+    """A TorchScript model written by ``facetrain export`` and its metadata."""
+    file = Path(path)
+    if not file.is_file():
+        raise CheckpointError(f"model '{file}' not found: give a file written by facetrain export")
+    extra = {METADATA_NAME: ""}
+    try:
+        with warnings.catch_warnings():  # torch's torch.jit deprecation notice would only puzzle a CLI user
+            warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
+            model = torch.jit.load(str(file), map_location=device, _extra_files=extra)
+    except Exception as exc:  # a damaged file or not TorchScript
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"'{file}' is not a TorchScript model ({reason}): give a file written by facetrain export"
+        ) from None
+    if not extra[METADATA_NAME]:
+        raise CheckpointError(f"'{file}' has no {METADATA_NAME}: it was not written by facetrain export")
+    text = extra[METADATA_NAME]
+    return model.eval(), ModelMetadata.from_json(text.decode() if isinstance(text, bytes) else text, str(file))

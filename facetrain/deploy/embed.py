@@ -1,0 +1,214 @@
+"""Embeds every image under a folder with a checkpoint or an exported model, and writes one file.
+
+The folder is either flat (``root/<image>``) or has one sub-folder per identity
+(``root/<identity>/.../<image>``); in the latter case each row also gets its identity as a label.
+Rows are L2-normalised float32 embeddings of the plain image: no flip fusion, so they match what
+an exported model returns for the same file.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from facetrain.checkpoint import usual_file_mode
+from facetrain.data import IMAGE_EXTENSIONS, Preprocess
+from facetrain.deploy.deployed import load_exported
+from facetrain.errors import ConfigError, DataError
+from facetrain.evaluation import check_output_path, load_model
+from facetrain.runtime import Precision, autocast, resolve_precision
+
+FORMATS = ("npz", "csv")
+
+
+@dataclass
+class EmbedResult:
+    out: Path
+    count: int  # images embedded
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
+    images_per_sec: float = 0.0
+
+
+def find_images(root: Path) -> tuple[list[Path], bool]:
+    """Image files under ``root`` in sorted order, and whether any lie in a sub-folder.
+
+    Hidden files and folders are ignored. Symlinked folders are followed, each real folder once.
+    """
+    found: list[Path] = []
+    seen: set[str] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a symlink loop or a folder linked twice
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found.extend(
+            Path(folder, name)
+            for name in files
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
+        )
+    # Sorting by path parts keeps each folder's files together (a plain string sort would not).
+    found.sort(key=lambda path: path.relative_to(root).parts)
+    return found, any(len(path.relative_to(root).parts) > 1 for path in found)
+
+
+class _Files(Dataset):
+    """Preprocessed images; a file that fails to decode yields its error message instead."""
+
+    def __init__(self, paths: list[Path], preprocess: Preprocess) -> None:
+        self.paths, self.preprocess = paths, preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+        try:
+            return index, self.preprocess.load(self.paths[index]), None
+        except DataError as exc:
+            return index, None, str(exc)
+
+
+def _collate(
+    items: list[tuple[int, torch.Tensor | None, str | None]],
+) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
+    """(indices of readable images, their stacked tensors or None, (index, reason) of the rest)."""
+    good = [(index, image) for index, image, _ in items if image is not None]
+    failed = [(index, reason) for index, image, reason in items if image is None]
+    images = torch.stack([image for _, image in good]) if good else None
+    return [index for index, _ in good], images, failed
+
+
+def embed_folder(
+    images: str | Path,
+    out: str | Path,
+    *,
+    checkpoint: str | Path | None = None,
+    model: str | Path | None = None,
+    fmt: str = "npz",
+    batch_size: int = 64,
+    device: torch.device,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> EmbedResult:
+    """Embeds every image under ``images`` and writes them to ``out`` as ``.npz`` or ``.csv``.
+
+    Give exactly one of ``checkpoint`` (a facetrain training checkpoint) or ``model`` (a file from
+    ``facetrain export``). Embeddings are L2-normalised float32 without flip fusion. Files that
+    cannot be decoded are skipped and listed in the result rather than stopping the run.
+    """
+    if (checkpoint is None) == (model is None):
+        raise ConfigError("give exactly one of --checkpoint or --model")
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown output format '{fmt}': use {' or '.join(FORMATS)}")
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+    root, out = Path(images), check_output_path(out, "--out")  # before the embedding work
+    if not root.is_dir():
+        raise DataError(f"image folder '{root}' does not exist: give a folder of images or of identity folders")
+    paths, has_labels = find_images(root)
+    if not paths:
+        raise DataError(
+            f"no images in '{root}': expected {root}/<image> or {root}/<identity>/<image> "
+            f"with extensions {', '.join(sorted(IMAGE_EXTENSIONS))}"
+        )
+
+    # Cheap checks come first so a typo does not cost a model load.
+    if checkpoint is not None:
+        loaded = load_model(checkpoint, device)
+        embedder: Callable[[torch.Tensor], torch.Tensor] = loaded.embedder
+        preprocess, precision = loaded.preprocess, resolve_precision("auto", device)
+    else:
+        embedder, metadata = load_exported(model, device)
+        # The exported graph has fixed dtypes; autocast around it buys nothing and may not apply.
+        preprocess, precision = metadata.preprocess, Precision(None)
+
+    relative = [path.relative_to(root).as_posix() for path in paths]
+    dataset = _Files(paths, preprocess)
+    kept, vectors, skipped, seconds = _run(embedder, dataset, device, precision, batch_size, num_workers, progress)
+    if not kept:
+        first = skipped[0][1]
+        raise DataError(f"none of the {len(paths)} images in '{root}' could be read (first: {first})")
+
+    rows = [relative[index] for index in kept]
+    labels = [row.split("/", 1)[0] if "/" in row else "" for row in rows] if has_labels else None
+    _write(out, fmt, vectors, rows, labels)
+    return EmbedResult(
+        out=out,
+        count=len(kept),
+        skipped=[(relative[index], reason) for index, reason in skipped],
+        images_per_sec=len(kept) / seconds if seconds > 0 else 0.0,
+    )
+
+
+@torch.inference_mode()
+def _run(
+    embedder: Callable[[torch.Tensor], torch.Tensor],
+    dataset: _Files,
+    device: torch.device,
+    precision: Precision,
+    batch_size: int,
+    num_workers: int,
+    progress: bool,
+) -> tuple[list[int], np.ndarray, list[tuple[int, str]], float]:
+    """(kept indices, (N, D) float32 embeddings, (index, reason) skipped, seconds spent)."""
+    loader = DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate,
+        pin_memory=device.type == "cuda",
+    )  # fmt: skip
+    kept: list[int] = []
+    chunks: list[torch.Tensor] = []
+    skipped: list[tuple[int, str]] = []
+    start = time.perf_counter()
+    with tqdm(total=len(dataset), unit="img", desc="embed", disable=not progress, dynamic_ncols=True) as bar:
+        for indices, images, failed in loader:
+            skipped.extend(failed)
+            if images is not None:
+                images = images.to(device, non_blocking=True)
+                with autocast(device, precision):
+                    outputs = embedder(images)
+                chunks.append(F.normalize(outputs.float(), dim=1).cpu())
+                kept.extend(indices)
+            bar.update(len(indices) + len(failed))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # count the last batch's kernels in the timing
+    seconds = time.perf_counter() - start
+    vectors = torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), np.float32)
+    return kept, vectors, skipped, seconds
+
+
+def _write(out: Path, fmt: str, vectors: np.ndarray, rows: list[str], labels: list[str] | None) -> None:
+    """Writes to a temp file beside ``out`` and renames it, so a crash never leaves half a file."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        if fmt == "npz":
+            arrays = {"embeddings": vectors, "paths": np.array(rows, dtype=str)}
+            if labels is not None:
+                arrays["labels"] = np.array(labels, dtype=str)
+            with os.fdopen(handle, "wb") as file:
+                np.savez(file, **arrays)  # a file object: numpy adds no .npz suffix
+        else:
+            with os.fdopen(handle, "w", newline="", encoding="utf-8") as file:
+                writer = csv.writer(file)
+                writer.writerow(["path", "label", *(f"e{i}" for i in range(vectors.shape[1]))])
+                for index, row in enumerate(rows):
+                    # 9 significant digits round-trip any float32 exactly.
+                    values = [f"{value:.9g}" for value in vectors[index].tolist()]
+                    writer.writerow([row, labels[index] if labels is not None else "", *values])
+        os.chmod(temp, usual_file_mode())  # mkstemp creates 0600
+        os.replace(temp, out)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise

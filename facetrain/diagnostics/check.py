@@ -1,0 +1,138 @@
+"""``facetrain check``: the whole model path and the data, before any training.
+
+The model is built on the meta device (shapes only, no memory), so even a ResNet-152 at 224 px is
+checked in a moment. The dataset check decodes every image once, as training would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from facetrain.config import Config
+from facetrain.data import Preprocess, num_classes_problem, scan_identities, split_identities
+from facetrain.errors import FacetrainError
+from facetrain.evaluation import read_pairs
+from facetrain.models import build_embedder, build_head, create_torchvision, load_pretrained
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    shape: tuple[int, ...]  # per sample, without the batch dimension
+    params: int
+
+
+@dataclass
+class CheckReport:
+    stages: list[Stage] = field(default_factory=list)
+    facts: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def model_stages(config: Config, num_classes: int) -> list[Stage]:
+    """Each stage of image -> embedding -> logits with its output shape and parameter count."""
+    size = config.data.image_size
+    model_config = dataclasses.replace(config.model, pretrained=None)  # weights do not change shapes
+    with torch.device("meta"):
+        embedder = build_embedder(model_config, size)
+        head = build_head(config.head, config.model.embedding_dim, num_classes)
+        images = torch.empty(2, 3, size, size)
+        features = embedder.backbone(images)
+        pool, flatten, _, projection, norm = embedder.neck
+        pooled = pool(features)
+        flat = flatten(pooled)
+        embedded = projection(flat)
+
+    def count(*modules: torch.nn.Module) -> int:
+        return sum(p.numel() for module in modules for p in module.parameters())
+
+    return [
+        Stage("input", (3, size, size), 0),
+        Stage("backbone", tuple(features.shape[1:]), count(embedder.backbone)),
+        Stage("pool", tuple(pooled.shape[1:]), 0),
+        Stage("flatten", tuple(flat.shape[1:]), 0),
+        Stage("projection", tuple(embedded.shape[1:]), count(projection, norm)),
+        Stage("head", (num_classes,), count(head)),
+    ]
+
+
+def format_stages(stages: list[Stage]) -> str:
+    """One line of shapes (``input 3×112×112 → backbone 512×4×4 → ...``), then a table with parameters."""
+    path = " → ".join(f"{stage.name} {_dims(stage.shape)}" for stage in stages)
+    rows = [f"  {'stage':<12}{'output':>16}{'parameters':>14}"]
+    rows += [f"  {stage.name:<12}{_dims(stage.shape):>16}{stage.params:>14,}" for stage in stages]
+    return path + "\n" + "\n".join(rows)
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return "×".join(str(d) for d in shape)
+
+
+def run_check(config: Config, progress: bool = False) -> CheckReport:
+    """Checks the model path, the pretrained weights, the dataset and every pairs list."""
+    report = CheckReport()
+    num_classes = _check_data(config, report, progress)
+    try:
+        report.stages = model_stages(config, num_classes or config.head.num_classes or 0)
+    except FacetrainError as exc:
+        report.problems.append(str(exc))
+    if not num_classes and report.stages:
+        report.stages.pop()  # the head's size comes from the dataset, which could not be read
+    if config.model.pretrained:
+        try:
+            load_pretrained(create_torchvision(config.model.backbone), config.model.pretrained, config.model.backbone)
+        except FacetrainError as exc:
+            report.problems.append(str(exc))
+    for index, spec in enumerate(config.eval.sets):
+        try:
+            pairs = read_pairs(spec.pairs, spec.images, spec.format)
+            name = spec.name or pairs.name
+            report.facts.append(
+                f"eval.sets[{index}] {name}: {len(pairs.is_same)} pairs, {len(pairs.images)} images, all present"
+            )
+        except FacetrainError as exc:
+            report.problems.append(f"eval.sets[{index}]: {exc}")
+    return report
+
+
+def _check_data(config: Config, report: CheckReport, progress: bool) -> int | None:
+    data = config.data
+    try:
+        everything = scan_identities(data.root)
+        training, held_out = split_identities(data)
+    except FacetrainError as exc:
+        report.problems.append(str(exc))
+        return None
+    small = [name for name, paths in everything if len(paths) < data.min_images_per_identity]
+    images = [path for _, paths in training + held_out for path in paths]
+    report.facts.append(
+        f"data.root: {len(everything)} identities, {sum(len(p) for _, p in everything)} images; "
+        f"{len(training)} for training, {len(held_out)} held out; {len(small)} below "
+        f"data.min_images_per_identity={data.min_images_per_identity} (dropped)"
+    )
+    unreadable = []
+    preprocess = Preprocess.from_config(data)  # exactly what training does, centre crop included
+    for path in tqdm(images, desc="decoding images", disable=not progress, leave=False):
+        try:
+            preprocess.load(path)
+        except FacetrainError as exc:
+            unreadable.append(str(exc))
+    if unreadable:
+        report.problems.append(f"{len(unreadable)} of {len(images)} images cannot be used; the first: {unreadable[0]}")
+    problem = num_classes_problem(config.head.num_classes, len(training))
+    if problem:
+        report.problems.append(problem)
+    batches = sum(len(paths) for _, paths in training) // config.train.batch_size
+    if batches == 0:
+        report.problems.append(
+            f"train.batch_size={config.train.batch_size} is larger than the training set: lower train.batch_size"
+        )
+    else:
+        report.facts.append(f"{batches} batches of {config.train.batch_size} per epoch, "
+                            f"{math.ceil(batches / config.train.grad_accum_steps)} optimizer steps")  # fmt: skip
+    return len(training)

@@ -1,0 +1,257 @@
+"""Verification pairs lists: LFW ``pairs.txt``, plain ``path1 path2 label`` lists and insightface ``.bin`` files.
+
+Writing new pairs files (``facetrain pairs``) lives in ``facetrain.evaluation.pairgen``.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from facetrain.data import IMAGE_EXTENSIONS
+from facetrain.errors import DataError
+
+FORMATS = ("lfw", "list", "bin")
+_SAME_LABELS = frozenset({"1", "true", "same"})
+_DIFFERENT_LABELS = frozenset({"0", "false", "diff", "different"})
+_LABELS = _SAME_LABELS | _DIFFERENT_LABELS
+
+
+@dataclass(frozen=True)
+class PairList:
+    """A verification pairs list: unique images, and per pair two indices into them and the answer."""
+
+    name: str
+    source: Path
+    format: str
+    images: list[Path] | list[bytes]
+    left: list[int]
+    right: list[int]
+    is_same: list[bool]
+    folds: list[int] | None
+
+    def __len__(self) -> int:
+        return len(self.is_same)
+
+
+def detect_format(path: Path) -> str:
+    """``bin`` for a ``.bin`` suffix or pickle magic; ``lfw`` if the first non-empty line is one or two
+    whole numbers (the LFW header); otherwise ``list``."""
+    path = Path(path)
+    if path.suffix.lower() == ".bin":
+        return "bin"
+    try:
+        with path.open("rb") as file:
+            head = file.read(2)
+            if len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+                return "bin"
+            file.seek(0)
+            for raw in file:
+                fields = raw.decode("utf-8-sig", errors="replace").split()
+                if fields:
+                    return "lfw" if len(fields) <= 2 and all(map(_is_number, fields)) else "list"
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the pairs file ({exc.strerror}): check the path") from None
+    return "list"
+
+
+def read_pairs(path: str | Path, images_root: str | Path | None = None, format: str = "auto") -> PairList:
+    """Reads a pairs list (``format``: auto, lfw, list or bin) and checks that every image it names exists.
+
+    lfw: LFW ``pairs.txt``. Header ``folds<TAB>pairs_per_fold``: that many blocks of same-person lines
+    (``name i j``) then different-person lines (``name1 i name2 j``); header ``n`` (View 1): n same then n
+    different lines, no folds. Image i of name is ``ROOT/name/name_%04d.<ext>``, or ``ROOT/name/<i>.<ext>``
+    for plainly numbered folders like ORL's ``s1/1.pgm``; the extension is detected.
+    list: ``path1 path2 label`` per line, split by tab, comma or spaces; label 1/0, true/false or same/diff.
+    bin: an insightface pickle ``(encoded_images, is_same)``; pair i is images 2i and 2i+1.
+    ``images_root`` (ROOT) defaults to the pairs file's folder; bin ignores it.
+
+    Raises:
+        DataError: the file is malformed or unsafe, or images are missing.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"pairs file '{path}' is a directory: give the pairs file inside it")
+    if not path.is_file():
+        raise DataError(f"pairs file '{path}' does not exist: check the path")
+    if format not in ("auto", *FORMATS):
+        raise DataError(f"unknown pairs format '{format}': use auto, {', '.join(FORMATS)}")
+    kind = detect_format(path) if format == "auto" else format
+    if kind == "bin":
+        bins, is_same = _read_bin(path)
+        count = 2 * len(is_same)
+        return PairList(path.stem, path, kind, bins, list(range(0, count, 2)), list(range(1, count, 2)), is_same, None)
+
+    root = Path(images_root if images_root is not None else path.parent).resolve()
+    lines = _text_lines(path)
+    if kind == "lfw":
+        pairs, folds = _parse_lfw(str(path), lines, root)
+    else:
+        pairs, folds = _parse_list(str(path), lines, root), None
+    # Pairs lists repeat images; index each once so it is embedded once.
+    index: dict[Path, int] = {}
+    left, right = [], []
+    for first, second, _ in pairs:
+        left.append(index.setdefault(first, len(index)))
+        right.append(index.setdefault(second, len(index)))
+    images = list(index)
+    _check_present(str(path), images, root)
+    return PairList(path.stem, path, kind, images, left, right, [same for _, _, same in pairs], folds)
+
+
+def _is_number(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+def _text_lines(path: Path) -> list[tuple[int, str]]:
+    """Non-blank lines, stripped, with their 1-based line numbers."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a UTF-8 text file: give a pairs .txt, or name a pickled .bin '*.bin'") from None
+    except OSError as exc:
+        raise DataError(f"pairs file '{path}' cannot be read ({exc.strerror or exc}): check the path") from None
+    return [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+
+
+class _LfwImages:
+    """Finds image ``number`` of ``name`` under the root, listing each identity folder once."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.last_extension = ".jpg"
+        self.folders: dict[str, dict[str, dict[str, Path]]] = {}
+
+    def __call__(self, name: str, number: int) -> Path:
+        if name not in self.folders:
+            stems: dict[str, dict[str, Path]] = {}
+            folder = self.root / name
+            if folder.is_dir():
+                for file in folder.iterdir():
+                    if file.suffix.lower() in IMAGE_EXTENSIONS:
+                        stems.setdefault(file.stem, {})[file.suffix.lower()] = file
+            self.folders[name] = stems
+        for stem in (f"{name}_{number:04d}", str(number)):
+            found = self.folders[name].get(stem)
+            if found:
+                # A data set nearly always uses one extension, so the previous image's wins any tie.
+                extension = self.last_extension if self.last_extension in found else min(found)
+                self.last_extension = extension
+                return found[extension]
+        return self.root / name / f"{name}_{number:04d}.jpg"  # does not exist: reported as missing
+
+
+def _image_number(where: str, line: int, token: str) -> int:
+    if not _is_number(token):
+        raise DataError(f"{where}:{line}: image number '{token}' is not a whole number")
+    if int(token) == 0:
+        raise DataError(f"{where}:{line}: image numbers start at 1, got 0")
+    return int(token)
+
+
+def _parse_lfw(where: str, lines: list[tuple[int, str]], root: Path) -> tuple[list[tuple], list[int] | None]:
+    if not lines:
+        raise DataError(f"{where}: the file is empty: expected an LFW header line, then one pair per line")
+    (header_line, header), *body = lines
+    counts = header.split()
+    if not 1 <= len(counts) <= 2 or not all(_is_number(c) and int(c) > 0 for c in counts):
+        raise DataError(
+            f"{where}:{header_line}: expected a header 'folds<TAB>pairs_per_fold' or 'pairs', got '{header}'"
+        )
+    fold_count, per = (int(counts[0]), int(counts[1])) if len(counts) == 2 else (1, int(counts[0]))
+    layout = f"{fold_count} folds of {per}+{per} pairs" if len(counts) == 2 else f"{per}+{per} pairs"
+    find = _LfwImages(root)
+    pairs = []
+    for line, text in body:
+        fields = text.split()
+        if len(fields) not in (3, 4):
+            raise DataError(f"{where}:{line}: expected 3 or 4 tab-separated fields, got {len(fields)}")
+        i, j = _image_number(where, line, fields[1]), _image_number(where, line, fields[-1])
+        same = len(fields) == 3
+        fold, offset = divmod(len(pairs), 2 * per)
+        if fold < fold_count and same != (offset < per):
+            kinds = ("same-person", "different-person") if offset < per else ("different-person", "same-person")
+            block = f"fold {fold + 1} of {fold_count}" if len(counts) == 2 else "the file"
+            raise DataError(
+                f"{where}:{line}: expected a {kinds[0]} line in {block}, got a {kinds[1]} line: the header says "
+                f"{layout}, so each block must be {per} same-person lines, then {per} different-person lines"
+            )
+        pairs.append((find(fields[0], i), find(fields[0] if same else fields[2], j), same))
+    if len(pairs) != fold_count * 2 * per:
+        raise DataError(
+            f"{where}: header says {layout}, found {len(pairs)} pair lines: fix the header or the pair lines"
+        )
+    return pairs, [p // (2 * per) for p in range(len(pairs))] if len(counts) == 2 else None
+
+
+def _parse_list(where: str, lines: list[tuple[int, str]], root: Path) -> list[tuple]:
+    pairs = []
+    for line, text in lines:
+        if text.startswith("#"):
+            continue
+        separator = "\t" if "\t" in text else "," if "," in text else None
+        fields = [field.strip() for field in text.split(separator) if field.strip()]
+        if len(fields) != 3:
+            raise DataError(f"{where}:{line}: expected 'path1 path2 label', got {len(fields)} fields")
+        label = fields[2].lower()
+        if label not in _LABELS:
+            raise DataError(f"{where}:{line}: label must be 1 or 0, got '{fields[2]}'")
+        pairs.append(((root / fields[0]).resolve(), (root / fields[1]).resolve(), label in _SAME_LABELS))
+    if not pairs:
+        raise DataError(f"{where}: no pairs found: expected one 'path1 path2 label' line per pair")
+    return pairs
+
+
+def _check_present(where: str, images: list[Path], root: Path) -> None:
+    missing = [image for image in images if not image.is_file()]
+    shown = ", ".join(str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in missing[:5])
+    if missing:
+        first = f"first {min(5, len(missing))}: {shown}"
+        raise DataError(f"{where}: {len(missing)} images missing under {root} ({first}): check --images")
+
+
+class _PlainDataUnpickler(pickle.Unpickler):
+    """Builds only plain data: every class or function reference is refused, so nothing in the file runs."""
+
+    def __init__(self, file: BinaryIO, where: str) -> None:
+        super().__init__(file, encoding="bytes")  # the published files come from Python 2, whose str is bytes
+        self.where = where
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) == ("_codecs", "encode"):
+            # Python 3 writes bytes at protocol 2 as _codecs.encode(text, "latin1"); rebuild them ourselves.
+            return _latin1_bytes
+        raise DataError(
+            f"{self.where}: refused to load: the pickle asks for {module}.{name}, "
+            "and a pairs .bin may hold only bytes, lists, tuples and bools"
+        )
+
+
+def _latin1_bytes(text: object, encoding: object = "latin1") -> bytes:
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise ValueError("only _codecs.encode(str, 'latin1') is allowed")
+    return text.encode("latin-1")
+
+
+def _read_bin(path: Path) -> tuple[list[bytes], list[bool]]:
+    where = str(path)
+    try:
+        with path.open("rb") as file:
+            data = _PlainDataUnpickler(file, where).load()
+    except DataError:
+        raise
+    except Exception as exc:  # any failure on untrusted bytes is the file's fault, never a bug here
+        raise DataError(f"{where}: not a readable pairs .bin ({type(exc).__name__}: {exc}): re-create it") from None
+    shape = "expected a pickled (images, is_same) pair: a list of encoded images and a list of bools"
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise DataError(f"{where}: {shape}, got {type(data).__name__}: this is not a pairs .bin")
+    bins, is_same = data
+    if not isinstance(bins, (list, tuple)) or not all(isinstance(item, (bytes, bytearray)) for item in bins):
+        raise DataError(f"{where}: {shape}, but the images are not all bytes: this is not a pairs .bin")
+    if not isinstance(is_same, (list, tuple)) or not all(isinstance(item, int) and item in (0, 1) for item in is_same):
+        raise DataError(f"{where}: {shape}, but is_same is not all bools: this is not a pairs .bin")
+    if not is_same or len(bins) != 2 * len(is_same):
+        raise DataError(f"{where}: {len(bins)} images for {len(is_same)} pairs: a pairs .bin has 2 images per pair")
+    return [bytes(item) for item in bins], [bool(item) for item in is_same]

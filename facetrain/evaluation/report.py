@@ -1,0 +1,76 @@
+"""Verification reports for people: a terminal table, a JSON file, and PNG plots."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from facetrain.errors import ConfigError
+from facetrain.evaluation.evaluate import FAR_TARGETS, Metrics, PairsReport
+
+
+def format_report(report: PairsReport) -> str:
+    """A readable table: one column per embedding variant (flip-fused, plain)."""
+    columns: list[tuple[str, Metrics]] = [("no flip", report.plain)]
+    if report.flip is not None:
+        columns.insert(0, ("flip fusion", report.flip))
+    lines = [
+        f"{report.name}: {report.pairs} pairs ({report.same} same / {report.different} different), "
+        f"{report.unique_images} unique images, {report.format} format, {report.fold_rule}",
+        f"  {'':<18}" + "".join(f"{title:>26}" for title, _ in columns),
+    ]
+
+    def row(label: str, cell: Callable[[Metrics], str]) -> None:
+        lines.append(f"  {label:<18}" + "".join(f"{cell(metrics):>26}" for _, metrics in columns))
+
+    row("accuracy", lambda m: f"{m.accuracy:.4f} ± {m.accuracy_std:.4f}")
+    row("threshold (mean)", lambda m: f"{m.threshold:.4f}")
+    row("ROC AUC", lambda m: f"{m.roc_auc:.4f}")
+    row("EER", lambda m: f"{m.eer:.4f}")
+    for key in FAR_TARGETS:
+        row(f"TAR@FAR={key}", lambda m, key=key: _tar(m.tar_at_far[key], report.different))
+    return "\n".join(lines)
+
+
+def _tar(value: float | None, negatives: int) -> str:
+    return f"{value:.4f}" if value is not None else f"n/a (only {negatives} negatives)"
+
+
+def check_output_path(path: str | Path, option: str) -> Path:
+    """Makes the parent folder and refuses an unusable path, before any long computation."""
+    target = Path(path)
+    if target.is_dir():
+        raise ConfigError(f"{option}: '{target}' is a directory: give a file name, e.g. {target / 'eval'}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{option}: cannot create the folder of '{target}' ({exc.strerror or exc})") from None
+    return target
+
+
+def write_json(reports: list[PairsReport], path: str | Path, checkpoint: str | Path) -> Path:
+    target = check_output_path(path, "--json")
+    payload = {"checkpoint": str(checkpoint), "sets": [report.to_dict() for report in reports]}
+    try:
+        target.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    except OSError as exc:
+        raise ConfigError(f"--json: cannot write '{target}' ({exc.strerror or exc})") from None
+    return target
+
+
+def write_plots(reports: list[PairsReport], path: str | Path) -> list[Path]:
+    """One PNG per set: ``path`` itself for one set, ``<stem>_<name>.png`` beside it for several."""
+    from facetrain.evaluation.plots import save_verification_plot
+
+    target = Path(path)
+    written = []
+    for report in reports:
+        out = target if len(reports) == 1 else target.with_name(f"{target.stem}_{report.name}{target.suffix}")
+        title = f"{report.name}: accuracy {report.headline.accuracy:.4f}, ROC AUC {report.headline.roc_auc:.4f}"
+        check_output_path(out, "--plot")
+        try:
+            written.append(save_verification_plot(out, report.scores, report.is_same, report.headline.threshold, title))
+        except OSError as exc:
+            raise ConfigError(f"--plot: cannot write '{out}' ({exc.strerror or exc})") from None
+    return written

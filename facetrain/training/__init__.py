@@ -1,0 +1,5 @@
+"""Training: the trainer (setup, fit, save/resume), optimiser and schedule, evaluation during training, logging."""
+
+from facetrain.training.trainer import train
+
+__all__ = ["train"]

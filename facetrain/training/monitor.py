@@ -1,0 +1,131 @@
+"""Verification during training: configured pairs sets, else all pairs of the held-out identities."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from facetrain.config import Config
+from facetrain.data import FaceDataset, Preprocess, eval_loader
+from facetrain.errors import ConfigError
+from facetrain.evaluation import (
+    FAR_TARGETS,
+    PairList,
+    PairsReport,
+    evaluate_set,
+    format_report,
+    holdout_verification,
+    load_pairs_set,
+    unique_names,
+    verification_figure,
+)
+from facetrain.runtime import Precision
+from facetrain.training.tracking import TensorBoard
+
+log = logging.getLogger("facetrain")
+
+
+@dataclass
+class Evaluation:
+    """One verification pass: a headline number for people, and the value that picks best.pt."""
+
+    label: str
+    value: float
+    detail: str
+    best_value: float | None
+    reports: list[PairsReport] = field(default_factory=list)
+
+
+class Monitor:
+    def __init__(
+        self, config: Config, held_out: FaceDataset | None, device: torch.device, precision: Precision,
+        tensorboard: TensorBoard,
+    ) -> None:  # fmt: skip
+        self.config, self.device, self.precision, self.tensorboard = config, device, precision, tensorboard
+        self.preprocess = Preprocess.from_config(config.data)
+        # Parse every pairs file now, so a bad file fails before training starts.
+        pair_lists = [load_pairs_set(spec) for spec in config.eval.sets]
+        names = unique_names(
+            [spec.name or pairs.name for spec, pairs in zip(config.eval.sets, pair_lists, strict=True)]
+        )
+        self.sets = list(zip(names, pair_lists, strict=True))
+        if self.sets:
+            _check_best_metric(config.eval.best_metric, pair_lists[0])
+        self.holdout_loader = None
+        if held_out is not None and not self.sets:
+            pin = device.type == "cuda"
+            self.holdout_loader = eval_loader(held_out, config.eval.batch_size, config.data.num_workers, pin)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.sets) or self.holdout_loader is not None
+
+    def evaluate(self, embedder: nn.Module, step: int) -> Evaluation:
+        if self.sets:
+            return self._evaluate_sets(embedder, step)
+        return self._evaluate_holdout(embedder, step)
+
+    def _evaluate_sets(self, embedder: nn.Module, step: int) -> Evaluation:
+        cfg = self.config.eval
+        options = {"folds": cfg.folds, "flip": cfg.flip, "batch_size": cfg.batch_size}
+        options["num_workers"] = self.config.data.num_workers
+        reports = [
+            evaluate_set(embedder, self.preprocess, pairs, self.device, self.precision, name=name, **options)
+            for name, pairs in self.sets
+        ]
+        for report in reports:
+            self._log_report(report, step)
+        first = reports[0]
+        return Evaluation(
+            label=f"{first.name} {first.folds}-fold accuracy",
+            value=first.headline.accuracy,
+            detail=", ".join(_brief(report) for report in reports),
+            best_value=first.headline.value(cfg.best_metric),
+            reports=reports,
+        )
+
+    def _evaluate_holdout(self, embedder: nn.Module, step: int) -> Evaluation:
+        result = holdout_verification(embedder, self.holdout_loader, self.device, self.precision)
+        self.tensorboard.scalars({"holdout/accuracy": result.accuracy, "holdout/roc_auc": result.auc}, step)
+        best = {"accuracy": result.accuracy, "roc_auc": result.auc}.get(self.config.eval.best_metric)
+        return Evaluation("held-out all-pairs accuracy", result.accuracy, result.summary(), best)
+
+    def _log_report(self, report: PairsReport, step: int) -> None:
+        metrics = report.headline
+        values = {
+            f"eval/{report.name}/accuracy": metrics.accuracy,
+            f"eval/{report.name}/roc_auc": metrics.roc_auc,
+            f"eval/{report.name}/eer": metrics.eer,
+        }
+        values.update(
+            {f"eval/{report.name}/tar@far={far}": tar for far, tar in metrics.tar_at_far.items() if tar is not None}
+        )
+        self.tensorboard.scalars(values, step)
+        title = f"{report.name} at step {step}: accuracy {metrics.accuracy:.4f}"
+        figure = verification_figure(report.scores, report.is_same, metrics.threshold, title)
+        self.tensorboard.figure(f"eval/{report.name}/roc", figure, step)
+        log.debug("%s", format_report(report))
+
+
+def _brief(report: PairsReport) -> str:
+    metrics = report.headline
+    return (
+        f"{report.name}: accuracy {metrics.accuracy:.4f} ± {metrics.accuracy_std:.4f}, "
+        f"ROC AUC {metrics.roc_auc:.4f}, EER {metrics.eer:.4f}"
+    )
+
+
+def _check_best_metric(metric: str, pairs: PairList) -> None:
+    """A TAR@FAR that the first set cannot measure would never write best.pt: refuse it up front."""
+    if not metric.startswith("tar@far="):
+        return
+    far = FAR_TARGETS[metric.removeprefix("tar@far=")]
+    negatives = sum(1 for same in pairs.is_same if not same)
+    if negatives * far < 1.0 - 1e-9:
+        raise ConfigError(
+            f"eval.best_metric={metric} needs at least {round(1 / far)} different pairs in eval.sets[0], "
+            f"which has {negatives}: choose accuracy, roc_auc or a larger FAR"
+        )
