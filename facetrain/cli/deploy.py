@@ -1,0 +1,111 @@
+"""``facetrain export``, ``facetrain verify`` and ``facetrain embed``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from facetrain.errors import DataError
+
+
+def export_command(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A last.pt or best.pt from facetrain train.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The model file to write.")],
+    out_format: Annotated[str, typer.Option("--format", help="torchscript or onnx (needs facetrain[onnx]).")] = (
+        "torchscript"
+    ),
+    threshold: Annotated[
+        float | None, typer.Option("--threshold", help="Verification threshold to store in the metadata.")
+    ] = None,
+    threshold_from: Annotated[
+        Path | None, typer.Option("--threshold-from", help="Take the threshold from a `facetrain eval --json` file.")
+    ] = None,
+    parity_images: Annotated[
+        Path | None, typer.Option("--parity-images", help="Folder of real images for the parity check.")
+    ] = None,
+) -> None:
+    """Export the embedder (never the margin head) with its preprocessing metadata, then check parity.
+
+    Example: facetrain export --checkpoint runs/demo/best.pt --out runs/demo/model.pt
+    """
+    from facetrain.deploy import export_model, find_images, threshold_from_eval_json
+
+    if threshold is not None and threshold_from is not None:
+        raise typer.BadParameter("give --threshold or --threshold-from, not both")
+    if threshold_from is not None:
+        threshold = threshold_from_eval_json(threshold_from, checkpoint)
+    samples = None
+    if parity_images is not None:
+        samples = find_images(parity_images)[0][:8] if parity_images.is_dir() else []
+        if not samples:
+            raise DataError(f"--parity-images: no images in '{parity_images}': give a folder of face images")
+    result = export_model(checkpoint, out, out_format, threshold=threshold, sample_images=samples)
+    meta = result.metadata
+    typer.echo(
+        f"exported: {result.path} ({result.format}; embedder only: {meta.backbone}, "
+        f"{meta.image_size}x{meta.image_size} input, {meta.embedding_dim}-d L2-normalised output)"
+    )
+    if result.parity_checked:
+        typer.echo(f"parity: max abs difference {result.max_abs_diff:.2e} vs the checkpoint ({result.note})")
+    else:
+        typer.echo(f"parity: {result.note}")
+
+
+def verify_command(
+    model: Annotated[Path, typer.Argument(help="A TorchScript model written by facetrain export.")],
+    image1: Annotated[Path, typer.Argument(help="First face image.")],
+    image2: Annotated[Path, typer.Argument(help="Second face image.")],
+    threshold: Annotated[
+        float | None, typer.Option("--threshold", help="Decision threshold (default: the one stored in the model).")
+    ] = None,
+) -> None:
+    """Cosine score of two face images with an exported model, and same/different at a threshold.
+
+    Example: facetrain verify runs/demo/model.pt facetrain/assets/orl/s1/1.pgm facetrain/assets/orl/s1/2.pgm
+    """
+    from facetrain.deploy import verify_pair
+
+    result = verify_pair(model, image1, image2, threshold)
+    typer.echo(f"score: {result.score:.4f}")
+    if result.same is None:
+        typer.echo("no threshold: pass --threshold, or export with --threshold-from EVAL_JSON")
+    else:
+        verdict = "same person" if result.same else "different people"
+        source = {"argument": "from --threshold", "model metadata": "stored in the model"}[result.threshold_source]
+        typer.echo(f"{verdict} (threshold {result.threshold:.4f}, {source})")
+
+
+def embed_command(
+    images: Annotated[Path, typer.Option("--images", help="Folder of images: flat, or one sub-folder per identity.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output file (.npz, or .csv with --format csv).")],
+    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="A facetrain training checkpoint.")] = None,
+    model: Annotated[Path | None, typer.Option("--model", help="An exported TorchScript model.")] = None,
+    out_format: Annotated[str, typer.Option("--format", help="npz or csv.")] = "npz",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch.")] = 64,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes.")] = 2,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = None,
+) -> None:
+    """Embed every image of a folder: L2-normalised embeddings, relative paths and identity labels.
+
+    Exit code 3 when some files could not be read (they are listed and skipped).
+
+    Example: facetrain embed --checkpoint runs/demo/best.pt --images facetrain/assets/orl --out orl.npz
+    """
+    from facetrain.deploy import embed_folder
+    from facetrain.runtime import resolve_device
+
+    result = embed_folder(
+        images, out, checkpoint=checkpoint, model=model, fmt=out_format, batch_size=batch_size,
+        device=resolve_device(device), num_workers=workers,
+        progress=sys.stderr.isatty() if progress is None else progress,
+    )  # fmt: skip
+    for path, reason in result.skipped:
+        typer.echo(f"skipped: {path}: {reason}", err=True)
+    typer.echo(f"embeddings: {result.out} ({result.count} images, {result.images_per_sec:.1f} images/s)")
+    if result.skipped:
+        typer.echo(f"{len(result.skipped)} unreadable files skipped", err=True)
+        raise typer.Exit(3)

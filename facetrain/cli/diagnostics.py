@@ -1,0 +1,81 @@
+"""``facetrain outliers`` and ``facetrain check``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from facetrain.cli.options import SetOption
+
+if TYPE_CHECKING:
+    import torch
+
+
+def outliers_command(
+    checkpoint: Annotated[
+        Path, typer.Option("--checkpoint", help="A last.pt or best.pt of a head.type=subcenter_arcface run.")
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="The TSV to write (default: outliers.tsv beside the checkpoint).")
+    ] = None,
+    angle: Annotated[
+        float,
+        typer.Option("--angle", min=0.0, max=180.0, help="Flag outliers over this many degrees from the dominant one."),
+    ] = 75.0,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, help="Images per batch (default: eval.batch_size).")
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """List likely mislabelled training images of a Sub-center ArcFace run, furthest first.
+
+    Example: facetrain outliers --checkpoint runs/demo/last.pt --out runs/demo/outliers.tsv
+    """
+    from facetrain.evaluation import check_output_path
+    from facetrain.runtime import resolve_device
+
+    target = check_output_path(out or checkpoint.parent / "outliers.tsv", "--out")  # before the embedding work
+    write_outlier_report(checkpoint, target, angle, resolve_device(device), batch_size)
+
+
+def write_outlier_report(
+    checkpoint: Path, out: Path, angle: float | None, device: torch.device, batch_size: int | None
+) -> None:
+    """Shared by ``train --report-outliers`` and ``outliers``: find, write the TSV, print the summary."""
+    from facetrain.diagnostics import DEFAULT_ANGLE, find_outliers, format_summary, write_outliers_tsv
+
+    report = find_outliers(checkpoint, device, DEFAULT_ANGLE if angle is None else angle, batch_size)
+    path = write_outliers_tsv(report, out)
+    typer.echo(format_summary(report))
+    typer.echo(f"outliers: {path}")
+
+
+def check_command(
+    config: Annotated[Path, typer.Option("--config", "-c", help="YAML config file to check.")],
+    set_: SetOption = None,
+    progress: Annotated[
+        bool | None, typer.Option("--progress/--no-progress", help="Show a bar while images are decoded.")
+    ] = None,
+) -> None:
+    """Check a config before training: every model stage's shape, the dataset and the pairs lists.
+
+    Example: facetrain check --config configs/r50.yaml --set data.root=/data/faces/train
+    """
+    from facetrain.config import load_config
+    from facetrain.diagnostics import format_stages, run_check
+
+    report = run_check(
+        load_config(config, list(set_ or [])), progress=sys.stderr.isatty() if progress is None else progress
+    )
+    if report.stages:
+        typer.echo(format_stages(report.stages))
+    for fact in report.facts:
+        typer.echo(fact)
+    for problem in report.problems:
+        typer.echo(f"problem: {problem}", err=True)
+    if report.problems:
+        raise typer.Exit(2)
+    typer.echo("check passed")

@@ -1,0 +1,83 @@
+"""``facetrain train``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from facetrain.cli.diagnostics import write_outlier_report
+from facetrain.cli.options import ConfigOption, SetOption
+
+
+def train(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N (overrides train.device).")
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="Continue from this last.pt (config optional).")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Start afresh even if run_dir already holds last.pt.")
+    ] = False,
+    progress: Annotated[
+        bool | None,
+        typer.Option("--progress/--no-progress", help="Show the tqdm bar (default: when stderr is a terminal)."),
+    ] = None,
+    report_outliers: Annotated[
+        bool,
+        typer.Option(
+            "--report-outliers",
+            help="After training, write run_dir/outliers.tsv: likely mislabelled training images "
+            "(needs head.type=subcenter_arcface; checked before training).",
+        ),
+    ] = False,
+    outlier_angle: Annotated[
+        float | None,
+        typer.Option(
+            "--outlier-angle",
+            min=0.0,
+            max=180.0,
+            help="With --report-outliers: flag outliers over this many degrees from the dominant one (default 75).",
+        ),
+    ] = None,
+) -> None:
+    """Train an embedder with a margin head (head.type) on an identity-folder dataset.
+
+    Example: facetrain train --config configs/demo.yaml --set train.epochs=5
+    """
+    from facetrain.config import load_config
+    from facetrain.training import train as run_training
+
+    overrides = list(set_ or []) + ([f"train.device={device}"] if device else [])
+    if config is None and resume is None:
+        raise typer.BadParameter("give --config FILE, or --resume CHECKPOINT to continue a run")
+    cfg = load_config(config, overrides) if config is not None else None  # else: the checkpoint's own
+    if outlier_angle is not None and not report_outliers:
+        raise typer.BadParameter("--outlier-angle applies to --report-outliers: add --report-outliers, or drop it")
+    run_config = None
+    if report_outliers:  # refused before training, not after it
+        from facetrain.diagnostics import check_reportable
+        from facetrain.evaluation import check_output_path
+
+        run_config = check_reportable(cfg, resume, overrides, source=str(config or "config"))
+        check_output_path(Path(run_config.run_dir) / "outliers.tsv", "--report-outliers")
+    show_bar = sys.stderr.isatty() if progress is None else progress
+    result = run_training(cfg, resume=resume, overrides=overrides, overwrite=overwrite, progress=show_bar)
+    typer.echo(f"checkpoint: {result.checkpoint} (epoch {result.epochs_done}, step {result.steps_done})")
+    if result.best is not None:
+        typer.echo(f"best checkpoint: {result.best}")
+    if result.before is not None and result.after is not None:
+        stage = "at resume" if result.resumed else "before training"
+        typer.echo(f"{result.after.label}: {stage} {result.before.value:.4f} -> after {result.after.value:.4f}")
+        typer.echo(f"  before: {result.before.detail}")
+        typer.echo(f"  after:  {result.after.detail}")
+    if run_config is not None:
+        from facetrain.runtime import resolve_device
+
+        out = result.checkpoint.parent / "outliers.tsv"
+        write_outlier_report(result.checkpoint, out, outlier_angle, resolve_device(run_config.train.device), None)
