@@ -79,7 +79,8 @@ def test_flat_folder_has_no_labels(setup, tmp_path):
 def test_csv_matches_npz(setup, reference, tmp_path):
     faces, checkpoint = setup
     npz = reference[1]
-    result = embed_folder(faces, tmp_path / "e.csv", checkpoint=checkpoint, fmt="csv", device=CPU)
+    # The reference's batch size: the same batches give the same floats, and 9 digits round-trip them.
+    result = embed_folder(faces, tmp_path / "e.csv", checkpoint=checkpoint, fmt="csv", batch_size=4, device=CPU)
 
     with result.out.open(newline="") as file:
         rows = list(csv.reader(file))
@@ -88,7 +89,7 @@ def test_csv_matches_npz(setup, reference, tmp_path):
     assert [r[0] for r in rows[1:]] == npz["paths"].tolist()
     assert [r[1] for r in rows[1:]] == npz["labels"].tolist()
     values = np.array([[float(v) for v in r[2:]] for r in rows[1:]], dtype=np.float32)
-    np.testing.assert_allclose(values, npz["embeddings"], atol=1e-6)
+    np.testing.assert_array_equal(values, npz["embeddings"])
 
 
 def test_unreadable_file_is_skipped_and_reported(setup, reference, tmp_path):
@@ -104,7 +105,9 @@ def test_unreadable_file_is_skipped_and_reported(setup, reference, tmp_path):
     assert path == "id00/broken.png" and "broken.png" in reason
     data = load_npz(result.out)
     assert data["paths"].tolist() == clean["paths"].tolist()
-    np.testing.assert_allclose(data["embeddings"], clean["embeddings"], atol=1e-6)
+    # Other batches than the reference's (the skipped file leaves a gap): float32 rounding differs by
+    # about 1e-6 on some CPUs, so compare as the direct check above does.
+    np.testing.assert_allclose(data["embeddings"], clean["embeddings"], atol=1e-5)
 
 
 def test_folder_of_only_unreadable_files_is_an_error(setup, tmp_path):
