@@ -48,29 +48,56 @@ def unit_of(name: str) -> str:
     return name.split(".")[0]
 
 
-def imported_modules(module: str, source: str, is_package: bool = False) -> list[tuple[int, str]]:
-    """(line, target) for every facetrain import, also inside functions; targets relative to facetrain.
+def wing_exports(wing: str) -> set[str]:
+    """The names in ``__all__`` of ``facetrain/<wing>/__init__.py``."""
+    tree = ast.parse((PACKAGE / wing / "__init__.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(target, "id", None) == "__all__" for target in node.targets):
+            return set(ast.literal_eval(node.value))
+    return set()
 
-    ``from facetrain import config`` names the module ``config``; ``from facetrain import __version__``
-    names ``__init__``.
+
+def _dynamic_import(node: ast.Call) -> str | None:
+    """The module of ``importlib.import_module("facetrain...")`` or ``__import__("facetrain...")``."""
+    name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+    if name in ("import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant):
+        value = node.args[0].value
+        return value if isinstance(value, str) and value.split(".")[0] == "facetrain" else None
+    return None
+
+
+def imported_modules(module: str, source: str, is_package: bool = False) -> list[tuple[int, str, tuple | None]]:
+    """(line, target, names) for every facetrain import, also inside functions and dynamic ones.
+
+    ``target`` is relative to facetrain ("" for the bare package). ``names`` are the names of a
+    ``from facetrain.<target> import ...``; None where a module itself is imported (``import
+    facetrain.x``, ``from facetrain import x``). ``from facetrain import __version__`` names ``__init__``.
     """
-    found = []
+    found: list[tuple[int, str, tuple | None]] = []
     package = module.split(".") if is_package else module.split(".")[:-1]
+
+    def add_module(line: int, dotted: str) -> None:  # dotted: "facetrain" or "facetrain.x.y"
+        found.append((line, dotted.partition(".")[2], None))
+
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
-            found += [(node.lineno, a.name[len("facetrain.") :]) for a in node.names if a.name.startswith("facetrain.")]
+            for alias in node.names:
+                if alias.name.split(".")[0] == "facetrain":
+                    add_module(node.lineno, alias.name)
+        elif isinstance(node, ast.Call) and (dynamic := _dynamic_import(node)):
+            add_module(node.lineno, dynamic)
         elif isinstance(node, ast.ImportFrom):
             if node.level:  # relative: resolve against this module's package
-                base = package[: len(package) - node.level + 1] + ([node.module] if node.module else [])
-                target = ".".join(base)
-            elif node.module == "facetrain" or (node.module or "").startswith("facetrain."):
-                target = node.module[len("facetrain.") :] if node.module != "facetrain" else ""
+                target = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
+            elif (node.module or "").split(".")[0] == "facetrain":
+                target = node.module.partition(".")[2]
             else:
                 continue
+            names = tuple(alias.name for alias in node.names)
             if target:
-                found.append((node.lineno, target))
-            else:
-                found += [(node.lineno, a.name if a.name in RANK else "__init__") for a in node.names]
+                found.append((node.lineno, target, names))
+            else:  # from facetrain import x, __version__
+                found += [(node.lineno, "__init__" if name == "__version__" else name, None) for name in names]
     return found
 
 
@@ -78,10 +105,12 @@ def violations(module: str, source: str, is_package: bool = False) -> list[str]:
     """Every import of ``source`` (the text of facetrain module ``module``) that breaks the layering."""
     own = unit_of(module)
     problems = []
-    for line, target in imported_modules(module, source, is_package):
+    for line, target, names in imported_modules(module, source, is_package):
         unit = unit_of(target)
-        where = f"facetrain.{module} line {line} imports facetrain.{target}"
-        if unit not in RANK:
+        where = f"facetrain.{module} line {line} imports facetrain{'.' if target else ''}{target}"
+        if not target:
+            problems.append(f"{where}: the bare package; import the module or the names you use")
+        elif unit not in RANK:
             problems.append(f"{where}: unknown unit '{unit}' (add it to RANK in tests/test_imports.py)")
         elif unit == own:
             continue
@@ -89,8 +118,10 @@ def violations(module: str, source: str, is_package: bool = False) -> list[str]:
             problems.append(f"{where}: upward ({unit} is above {own})")
         elif RANK[unit] == RANK[own]:
             problems.append(f"{where}: {unit} and {own} are peers; neither may import the other")
-        elif unit in WINGS and target != unit:
-            problems.append(f"{where}: import from the wing's package, facetrain.{unit}, not its module")
+        elif unit in WINGS and (target != unit or names is None):
+            problems.append(f"{where}: import names from the wing's package (from facetrain.{unit} import ...)")
+        elif unit in WINGS and (hidden := sorted(set(names) - wing_exports(unit))):
+            problems.append(f"{where}: {', '.join(hidden)} not in facetrain.{unit}.__all__ (re-export it there)")
     return problems
 
 
@@ -117,6 +148,17 @@ def test_every_import_runs_downward(path):
         ("training.monitor", "from facetrain.evaluation.pairs import PairList", "from the wing's package"),
         ("evaluation.pairs", "from ..training import train", "upward (training is above evaluation)"),
         ("data.folders", "import facetrain.distributed", "unknown unit 'distributed'"),
+        ("data.folders", "from facetrain import distributed", "unknown unit 'distributed'"),
+        ("data.folders", "import importlib\nimportlib.import_module('facetrain.training')", "upward"),
+        ("data.folders", "__import__('facetrain.models.heads')", "upward (models is above data)"),
+        ("data.folders", "import facetrain", "the bare package"),
+        # Past the wing's re-exports: a submodule, the package object, a star, a name not in __all__.
+        ("training.monitor", "from facetrain.evaluation import pairs", "pairs not in facetrain.evaluation.__all__"),
+        ("training.monitor", "from ..evaluation import metrics", "metrics not in facetrain.evaluation.__all__"),
+        ("models.heads", "from facetrain.data import *", "* not in facetrain.data.__all__"),
+        ("models.heads", "from facetrain.data import load_image", "load_image not in facetrain.data.__all__"),
+        ("training.monitor", "from facetrain import evaluation", "import names from the wing's package"),
+        ("training.monitor", "import facetrain.evaluation as e", "import names from the wing's package"),
     ],
 )
 def test_a_wrong_import_is_caught(module, source, expected):
@@ -143,15 +185,12 @@ def test_a_wing_says_what_it_is_for_and_exports_only_what_others_use(wing):
     tree = ast.parse(init.read_text())
     doc = ast.get_docstring(tree) or ""
     assert doc and "\n" not in doc.strip(), f"facetrain/{wing}/__init__.py: give it a one-line docstring"
-    exported = next(
-        ast.literal_eval(node.value)
-        for node in tree.body
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets)
-    )
+    exported = wing_exports(wing)
+    assert exported, f"facetrain/{wing}/__init__.py: list its re-exports in __all__"
     imported = {
         alias.asname or alias.name for node in tree.body if isinstance(node, ast.ImportFrom) for alias in node.names
     }
-    assert set(exported) == imported, f"facetrain.{wing}: __all__ and the imports of __init__.py differ"
+    assert exported == imported, f"facetrain.{wing}: __all__ and the imports of __init__.py differ"
     used_elsewhere = set()
     for path in MODULES:
         if unit_of(module_name(path)) == wing:
@@ -159,7 +198,7 @@ def test_a_wing_says_what_it_is_for_and_exports_only_what_others_use(wing):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module == f"facetrain.{wing}":
                 used_elsewhere |= {alias.name for alias in node.names}
-    assert sorted(set(exported) - used_elsewhere) == [], f"facetrain.{wing} re-exports names no other unit imports"
+    assert sorted(exported - used_elsewhere) == [], f"facetrain.{wing} re-exports names no other unit imports"
 
 
 def test_config_and_errors_load_without_torch():

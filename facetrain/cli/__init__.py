@@ -1,7 +1,7 @@
-"""The command line: one Typer app, a module of commands per wing, and the one error boundary.
+"""The command line: the Typer app, its commands by wing (training, evaluation, deploy, diagnostics), the boundary.
 
-Each command parses options and calls one library function; ``boundary.error_boundary`` wraps them
-all, so a known error is one message and exit code 2. The command modules import the library
+Each command parses options and calls one library function; ``boundary.error_boundary`` wraps each
+one, so a known error is one message and exit code 2. The command modules import the library
 lazily, so importing the CLI loads neither torch nor tensorboard.
 """
 
@@ -11,7 +11,6 @@ import typer
 
 from facetrain import __version__
 from facetrain.cli import deploy, diagnostics, evaluation, training
-from facetrain.cli.boundary import error_boundary
 
 app = typer.Typer(
     help="Face-recognition training: torchvision embedder + margin head (ArcFace and its family).",
@@ -20,19 +19,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# In the order `facetrain --help` lists them.
-COMMANDS = (
-    ("train", training.train),
-    ("outliers", diagnostics.outliers_command),
-    ("eval", evaluation.eval_command),
-    ("pairs", evaluation.pairs_command),
-    ("export", deploy.export_command),
-    ("verify", deploy.verify_command),
-    ("embed", deploy.embed_command),
-    ("check", diagnostics.check_command),
-)
-for _name, _command in COMMANDS:
-    app.command(_name)(error_boundary(_command))
+# Every command is wrapped by error_boundary where it is defined. Registered in the order that
+# `facetrain --help` lists them.
+app.command("train")(training.train)
+app.command("outliers")(diagnostics.outliers_command)
+app.command("eval")(evaluation.eval_command)
+app.command("pairs")(evaluation.pairs_command)
+app.command("export")(deploy.export_command)
+app.command("verify")(deploy.verify_command)
+app.command("embed")(deploy.embed_command)
+app.command("check")(diagnostics.check_command)
 
 
 @app.command()

@@ -8,9 +8,11 @@ from typing import Annotated
 
 import typer
 
+from facetrain.cli.boundary import error_boundary
 from facetrain.errors import DataError
 
 
+@error_boundary
 def export_command(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A last.pt or best.pt from facetrain train.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The model file to write.")],
@@ -54,6 +56,7 @@ def export_command(
         typer.echo(f"parity: {result.note}")
 
 
+@error_boundary
 def verify_command(
     model: Annotated[Path, typer.Argument(help="A TorchScript model written by facetrain export.")],
     image1: Annotated[Path, typer.Argument(help="First face image.")],
@@ -78,6 +81,7 @@ def verify_command(
         typer.echo(f"{verdict} (threshold {result.threshold:.4f}, {source})")
 
 
+@error_boundary
 def embed_command(
     images: Annotated[Path, typer.Option("--images", help="Folder of images: flat, or one sub-folder per identity.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output file (.npz, or .csv with --format csv).")],

@@ -8,12 +8,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from facetrain.cli.boundary import error_boundary
 from facetrain.cli.options import SetOption
 
 if TYPE_CHECKING:
     import torch
 
 
+@error_boundary
 def outliers_command(
     checkpoint: Annotated[
         Path, typer.Option("--checkpoint", help="A last.pt or best.pt of a head.type=subcenter_arcface run.")
@@ -53,6 +55,7 @@ def write_outlier_report(
     typer.echo(f"outliers: {path}")
 
 
+@error_boundary
 def check_command(
     config: Annotated[Path, typer.Option("--config", "-c", help="YAML config file to check.")],
     set_: SetOption = None,

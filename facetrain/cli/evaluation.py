@@ -7,7 +7,10 @@ from typing import Annotated
 
 import typer
 
+from facetrain.cli.boundary import error_boundary
 
+
+@error_boundary
 def eval_command(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A last.pt or best.pt from facetrain train.")],
     pairs: Annotated[
@@ -63,6 +66,7 @@ def eval_command(
             typer.echo(f"plot: {path}")
 
 
+@error_boundary
 def pairs_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="The LFW-format pairs file to write.")],
     root: Annotated[Path | None, typer.Option("--root", help="Identity folder to draw pairs from.")] = None,

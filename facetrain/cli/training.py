@@ -8,10 +8,12 @@ from typing import Annotated
 
 import typer
 
+from facetrain.cli.boundary import error_boundary
 from facetrain.cli.diagnostics import write_outlier_report
 from facetrain.cli.options import ConfigOption, SetOption
 
 
+@error_boundary
 def train(
     config: ConfigOption = None,
     set_: SetOption = None,
