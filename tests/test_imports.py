@@ -12,6 +12,7 @@ Preprocess``), whose ``__init__`` re-exports just what the other wings use.
 from __future__ import annotations
 
 import ast
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,7 @@ def unit_of(name: str) -> str:
     return name.split(".")[0]
 
 
+@functools.cache
 def wing_exports(wing: str) -> set[str]:
     """The names in ``__all__`` of ``facetrain/<wing>/__init__.py``."""
     tree = ast.parse((PACKAGE / wing / "__init__.py").read_text())
@@ -128,6 +130,11 @@ def violations(module: str, source: str, is_package: bool = False) -> list[str]:
 MODULES = sorted(PACKAGE.rglob("*.py"))
 
 
+@functools.cache
+def imports_of(path: Path) -> list[tuple[int, str, tuple | None]]:
+    return imported_modules(module_name(path), path.read_text(), path.name == "__init__.py")
+
+
 @pytest.mark.parametrize("path", MODULES, ids=module_name)
 def test_every_import_runs_downward(path):
     module = module_name(path)
@@ -191,13 +198,14 @@ def test_a_wing_says_what_it_is_for_and_exports_only_what_others_use(wing):
         alias.asname or alias.name for node in tree.body if isinstance(node, ast.ImportFrom) for alias in node.names
     }
     assert exported == imported, f"facetrain.{wing}: __all__ and the imports of __init__.py differ"
-    used_elsewhere = set()
-    for path in MODULES:
-        if unit_of(module_name(path)) == wing:
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module == f"facetrain.{wing}":
-                used_elsewhere |= {alias.name for alias in node.names}
+    used_elsewhere = {
+        name
+        for path in MODULES
+        if unit_of(module_name(path)) != wing
+        for _, target, names in imports_of(path)
+        if target == wing and names
+        for name in names
+    }
     assert sorted(exported - used_elsewhere) == [], f"facetrain.{wing} re-exports names no other unit imports"
 
 
