@@ -7,8 +7,8 @@ renamed over the old one, so a crash or Ctrl-C mid-save leaves the last good fil
 
 from __future__ import annotations
 
-import os
-import tempfile
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,8 @@ import torch
 import yaml
 
 from facetrain import __version__
-from facetrain.errors import CheckpointError, FacetrainError
+from facetrain.errors import CheckpointError, FacetrainError, brief
+from facetrain.files import TORCH_ARCHIVE, describe, require_file, write_stream
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "config", "num_classes", "embedder", "head")
@@ -31,40 +32,50 @@ STRUCTURAL_KEYS = (
 ORDER_KEYS = ("seed", "train.batch_size", "train.grad_accum_steps")
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Writes ``state`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+def save_checkpoint(state: dict[str, Any], path: str | Path, intact: str = "") -> Path:
+    """Writes ``state`` to ``path`` atomically (temp file in the same folder, fsync, rename).
+
+    A full disk or an unwritable folder is one ``OutputError`` line that says ``intact`` (which file
+    is still good); a Ctrl-C mid-write stays a KeyboardInterrupt.
+    """
     payload = {"format_version": FORMAT_VERSION, "facetrain_version": __version__, **state}
-    handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temp_name, usual_file_mode())
-        os.replace(temp_name, target)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    return target
+    return write_stream(path, lambda stream: torch.save(payload, stream), "run_dir", intact)
 
 
-def read_tensors(file: Path, error: type[FacetrainError], what: str, fix: str) -> Any:
-    """``torch.load(weights_only=True)`` on CPU; a missing or unreadable file becomes one ``error`` line."""
-    if not file.is_file():
-        raise error(f"{what} '{file}' not found: {fix}")
+def read_tensors(file: Path, error: type[FacetrainError], what: str, fix: str, look_for: tuple[str, ...] = ()) -> Any:
+    """``torch.load(weights_only=True)`` on CPU; a missing, wrong or unreadable file becomes one ``error`` line.
+
+    torch's own advice (re-run with ``weights_only=False``; "your checkpoint file is corrupted") never
+    reaches the user: the message says what the file is instead.
+    """
+    require_file(file, error, what, fix, look_for)
     try:
-        return torch.load(file, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's pickle-protocol and TorchScript notices: the error says more
+            warnings.simplefilter("ignore")
+            return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # any failure to unpickle safely means the file is unusable
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise error(f"{what} '{file}' cannot be read safely ({reason}): {fix}") from None
+        raise error(f"{what} '{file}' cannot be used: {_load_problem(file, exc)}: {fix}") from None
+
+
+def _load_problem(file: Path, exc: Exception) -> str:
+    kind = describe(file)
+    if kind not in (TORCH_ARCHIVE, "a Python pickle"):
+        return f"it is {kind}"
+    unsafe = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    if unsafe:
+        return f"it holds Python objects ({unsafe.group(1)}), which facetrain never unpickles (only tensors and values)"
+    if kind == "a Python pickle":
+        return "it is a plain Python pickle, not a torch.save archive"
+    if "Weights only load failed" in str(exc):
+        return "it holds Python objects, which facetrain never unpickles (only tensors and values)"
+    return f"it is {kind} that is truncated or damaged"
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Reads a facetrain checkpoint with ``weights_only=True`` and checks its layout."""
     file = Path(path)
-    state = read_tensors(file, CheckpointError, "checkpoint", "give the path of a last.pt written by facetrain train")
+    fix = "give the path of a last.pt or best.pt written by facetrain train"
+    state = read_tensors(file, CheckpointError, "checkpoint", fix, ("last.pt", "best.pt"))
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint '{file}' holds a {type(state).__name__}, not a facetrain checkpoint")
     require_keys(state, REQUIRED_KEYS, file, "a facetrain checkpoint")
@@ -104,6 +115,42 @@ def require_keys(state: dict[str, Any], keys: tuple[str, ...], file: str | Path,
         raise CheckpointError(f"checkpoint '{file}' lacks {', '.join(missing)}, so it cannot be used as {purpose}")
 
 
+def check_resume_fields(state: dict[str, Any], file: str | Path) -> None:
+    """Checks the types of the fields that resuming reads, the way the config's keys are checked."""
+    require_keys(state, RESUME_KEYS, file, "a training checkpoint to resume")
+    problems = [f"{key} {why}" for key, why in _resume_field_problems(state)]
+    if problems:
+        raise CheckpointError(
+            f"checkpoint '{file}' is damaged: {'; '.join(problems)}: it was not written by facetrain train "
+            "or was edited since; resume from another checkpoint, or start a new run without --resume"
+        )
+
+
+def _resume_field_problems(state: dict[str, Any]) -> list[tuple[str, str]]:
+    def count(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    rules: list[tuple[str, bool, str]] = [
+        ("epoch", count(state["epoch"]), "must be a whole number >= 0"),
+        ("batch_in_epoch", count(state["batch_in_epoch"]), "must be a whole number >= 0"),
+        ("step", count(state["step"]), "must be a whole number >= 0"),
+        ("class_names", isinstance(state["class_names"], list)
+         and all(isinstance(name, str) for name in state["class_names"]), "must be a list of names"),
+        ("optimizer", isinstance(state["optimizer"], dict)
+         and {"state", "param_groups"} <= set(state["optimizer"]), "must be an optimizer state"),
+        ("scheduler", isinstance(state["scheduler"], dict) and count(state["scheduler"].get("step_count")),
+         "must hold a step_count >= 0"),
+        ("scaler", isinstance(state["scaler"], dict), "must be a mapping"),
+        ("rng", isinstance(state["rng"], dict) and isinstance(state["rng"].get("python"), (list, tuple))
+         and isinstance(state["rng"].get("torch"), torch.Tensor) and state["rng"]["torch"].dtype == torch.uint8,
+         "must hold the python and torch random states"),
+        ("best_value", state.get("best_value") is None
+         or (isinstance(state["best_value"], (int, float)) and not isinstance(state["best_value"], bool)),
+         "must be a number or null"),
+    ]  # fmt: skip
+    return [(key, f"{why}, got {brief(state.get(key))}") for key, ok, why in rules if not ok]
+
+
 def check_resumable(file: str | Path, saved: dict[str, Any], current: dict[str, Any], mid_epoch: bool) -> list[str]:
     """Raises on changes that resuming cannot honour; returns readable lines for the harmless ones."""
     changes = config_differences(saved, current)
@@ -122,13 +169,23 @@ def check_resumable(file: str | Path, saved: dict[str, Any], current: dict[str, 
     return [f"{key}: {was!r} -> {now!r}" for key, was, now in changes]
 
 
+def identity_changes(saved: list[str], current: list[str] | tuple[str, ...]) -> str:
+    """Which identities differ between a checkpoint and the data, in a few words."""
+    old, new = set(saved), set(current)
+    gone, added = [n for n in saved if n not in new], [n for n in current if n not in old]
+    parts = []
+    if added:
+        parts.append(f"{_names(added)} not in the checkpoint")
+    if gone:
+        parts.append(f"{_names(gone)} missing from the data")
+    return ", ".join(parts) or "the same names, in another order"
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(brief(name) for name in names[:3])
+    return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
 def _yaml(value: Any) -> str:
     """A config value as YAML writes it (null, true, 0.5, resnet50)."""
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
-
-
-def usual_file_mode() -> int:
-    """0666 less the umask: what ``open()`` would give. mkstemp creates 0600 files."""
-    mask = os.umask(0)  # reading the umask means setting it; put it straight back
-    os.umask(mask)
-    return 0o666 & ~mask

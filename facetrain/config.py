@@ -4,13 +4,12 @@ A YAML file (plus ``--set a.b=value`` overrides) is merged into a plain dict, th
 checked against the dataclasses below. Every problem is collected and reported at once
 with its dotted key, so a typo such as ``model.embeding_dim`` is never silently ignored.
 
-This module is a leaf: no torch, and of facetrain only ``errors`` and the generic ``schema``.
+This module is a leaf: no torch, and of facetrain only ``errors``, the generic ``schema`` and ``safe_yaml``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +18,7 @@ import yaml
 
 from facetrain import schema
 from facetrain.errors import ConfigError
+from facetrain.safe_yaml import parse_yaml, read_yaml
 from facetrain.schema import build, option
 
 # The backbone registry (facetrain.models.backbones) must offer exactly these; a test checks it.
@@ -27,6 +27,13 @@ BACKBONE_NAMES = (
     "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
 )  # fmt: skip
 MAX_SEED = 2**32 - 1
+# Upper bounds of every size and count, far above real use, so that no value can ask for absurd memory.
+MAX_IMAGE_SIZE = 1024  # pixels per side: face models use 112-224
+MAX_CROP = 100_000  # pixels per side of a centre crop
+MAX_BATCH = 65_536
+MAX_COUNT = 100_000_000  # identities (WebFace42M has 2.06M), images per identity
+MAX_STEPS = 1_000_000_000
+MAX_BATCH_INPUT_GB = 32  # one batch of float32 input images, before any activation
 HEAD_TYPES = ("arcface", "cosface", "combined", "subcenter_arcface", "curricularface", "adaface", "softmax")
 # The options each head takes, with the default a null value stands for (the paper's setting).
 # Setting an option the chosen head does not take is an error, never silently ignored.
@@ -47,18 +54,23 @@ BEST_METRICS = ("accuracy", "roc_auc", "tar@far=1e-1", "tar@far=1e-2", "tar@far=
 class DataConfig:
     root: str = option("", "Training folder: one sub-folder of images per identity.")
     val_root: str | None = option(None, "Separate folder of held-out identities for verification (instead of a split).")
-    val_identities: int = option(0, "Identities held out of `root` for verification (chosen with `split_seed`).", ge=0)
+    val_identities: int = option(
+        0, "Identities held out of `root` for verification (chosen with `split_seed`).", ge=0, le=MAX_COUNT
+    )
     split_seed: int = option(0, "Seed that picks the held-out identities.", ge=0, le=MAX_SEED)
-    min_images_per_identity: int = option(2, "Identities with fewer images are dropped (the count is logged).", ge=1)
-    image_size: int = option(112, "Square input size in pixels after crop and resize.", ge=16)
+    min_images_per_identity: int = option(
+        2, "Identities with fewer images are dropped (the count is logged).", ge=1, le=MAX_COUNT
+    )
+    image_size: int = option(112, "Square input size in pixels after crop and resize.", ge=16, le=MAX_IMAGE_SIZE)
     center_crop: int | float | None = option(
         None,
         "Centre crop before resizing: pixels (int, square) or a fraction of each side "
         "(float in (0, 1]); null for none.",
         gt=0,
+        le=MAX_CROP,
     )
     hflip: bool = option(True, "Random horizontal flip during training.")
-    num_workers: int = option(2, "DataLoader worker processes (0 loads in the main process).", ge=0)
+    num_workers: int = option(2, "DataLoader worker processes (0 loads in the main process).", ge=0, le=256)
 
 
 @dataclass(frozen=True)
@@ -69,8 +81,8 @@ class ModelConfig:
     pretrained: str | None = option(
         None, "Local torchvision weights file (.pth) for the backbone; null trains from scratch."
     )
-    embedding_dim: int = option(512, "Size of the face embedding.", ge=2)
-    pool_size: int = option(1, "Output side of the neck's adaptive average pool (1 = global pool).", ge=1)
+    embedding_dim: int = option(512, "Size of the face embedding.", ge=2, le=8192)
+    pool_size: int = option(1, "Output side of the neck's adaptive average pool (1 = global pool).", ge=1, le=64)
     dropout: float = option(0.0, "Dropout before the projection.", ge=0.0, lt=1.0)
 
 
@@ -108,7 +120,9 @@ class HeadConfig:
         gt=0.0,
         le=1.0,
     )
-    num_classes: int | None = option(None, "Optional check: must equal the number of training identities found.", ge=2)
+    num_classes: int | None = option(
+        None, "Optional check: must equal the number of training identities found.", ge=2, le=MAX_COUNT
+    )
 
 
 HEAD_OPTION_NAMES = tuple(f.name for f in dataclasses.fields(HeadConfig) if f.name not in ("type", "num_classes"))
@@ -116,9 +130,9 @@ HEAD_OPTION_NAMES = tuple(f.name for f in dataclasses.fields(HeadConfig) if f.na
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = option(20, "Passes over the training set.", ge=1)
-    batch_size: int = option(128, "Images per forward pass (per micro-batch).", ge=2)
-    grad_accum_steps: int = option(1, "Micro-batches per optimizer step.", ge=1)
+    epochs: int = option(20, "Passes over the training set.", ge=1, le=100_000)
+    batch_size: int = option(128, "Images per forward pass (per micro-batch).", ge=2, le=MAX_BATCH)
+    grad_accum_steps: int = option(1, "Micro-batches per optimizer step.", ge=1, le=4096)
     optimizer: Literal["sgd", "adamw"] = option("sgd", "Optimizer.")
     lr: float = option(0.1, "Peak learning rate (reached after warm-up).", gt=0.0)
     momentum: float = option(0.9, "SGD momentum.", ge=0.0, lt=1.0)
@@ -133,9 +147,9 @@ class TrainConfig:
     )
     device: str = option("auto", "auto (CUDA if available), cpu, cuda or cuda:N.")
     checkpoint_every_steps: int = option(
-        500, "Also write last.pt every N optimizer steps (0 = only at epoch ends).", ge=0
+        500, "Also write last.pt every N optimizer steps (0 = only at epoch ends).", ge=0, le=MAX_STEPS
     )
-    log_every_steps: int = option(10, "TensorBoard scalars every N optimizer steps.", ge=1)
+    log_every_steps: int = option(10, "TensorBoard scalars every N optimizer steps.", ge=1, le=MAX_STEPS)
 
 
 @dataclass(frozen=True)
@@ -151,10 +165,14 @@ class EvalConfig:
     sets: tuple[PairsSetConfig, ...] = field(
         default=(), metadata={"help": "Verification pairs sets, evaluated during training and by `facetrain eval`."}
     )
-    folds: int = option(10, "Folds for files that declare none (each fold keeps the same/different balance).", ge=2)
+    folds: int = option(
+        10, "Folds for files that declare none (each fold keeps the same/different balance).", ge=2, le=100
+    )
     flip: bool = option(True, "Flip fusion: add the embedding of the mirrored image before normalising.")
-    batch_size: int = option(64, "Images per batch when embedding.", ge=1)
-    every_steps: int = option(0, "During training, also evaluate every N optimizer steps (0: epoch ends only).", ge=0)
+    batch_size: int = option(64, "Images per batch when embedding.", ge=1, le=MAX_BATCH)
+    every_steps: int = option(
+        0, "During training, also evaluate every N optimizer steps (0: epoch ends only).", ge=0, le=MAX_STEPS
+    )
     best_metric: Literal[BEST_METRICS] = option(
         "accuracy", "Metric on the first set that picks best.pt (TAR@FAR where measurable)."
     )
@@ -176,7 +194,7 @@ class Config:
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Reads a YAML file, applies ``key=value`` overrides, and validates the result."""
-    raw: dict[str, Any] = {} if path is None else _read_yaml(Path(path))
+    raw: dict[str, Any] = {} if path is None else read_yaml(Path(path))
     return resolve_config(raw, overrides, source=str(path) if path else "config")
 
 
@@ -233,61 +251,6 @@ def dump_config(config: Config) -> str:
     return yaml.safe_dump(config_to_dict(config), sort_keys=False)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if path.is_dir():
-        raise ConfigError(f"config '{path}' is a directory: pass a YAML file to --config, e.g. configs/demo.yaml")
-    if not path.is_file():
-        raise ConfigError(f"config file '{path}' not found: pass an existing YAML file to --config")
-    try:
-        data = parse_yaml(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{where}: invalid YAML ({problem}): fix the syntax there") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file '{path}': {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
-    return data
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys and reads only true/false as booleans.
-
-    YAML 1.1 turns ``on/off/yes/no`` into booleans, which would make ``amp: off`` the boolean
-    False; here they stay strings.
-    """
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                mark = key_node.start_mark
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key '{key}' (line {mark.line + 1}): keep only one", mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-_StrictLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_StrictLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-
-
-def parse_yaml(text: str) -> Any:
-    """Safe YAML (no tags that build objects), strict about duplicates and booleans."""
-    return yaml.load(text, Loader=_StrictLoader)  # as safe as yaml.safe_load: a SafeLoader subclass
-
-
 def _apply_override(raw: dict[str, Any], text: str) -> None:
     key, sep, value_text = text.partition("=")
     key = key.strip()
@@ -327,6 +290,13 @@ def _cross_checks(config: Config) -> list[str]:
         if not pairs_set.pairs:
             problems.append(f"eval.sets[{index}].pairs: required: the path of a pairs file")
     problems.extend(_head_problems(config.head))
+    for key, batch in (("train.batch_size", train.batch_size), ("eval.batch_size", config.eval.batch_size)):
+        gigabytes = batch * 3 * data.image_size**2 * 4 / 2**30
+        if gigabytes > MAX_BATCH_INPUT_GB:
+            problems.append(
+                f"{key}: {batch} images of {data.image_size}x{data.image_size} px are {gigabytes:.0f} GiB of input "
+                f"alone (the limit is {MAX_BATCH_INPUT_GB} GiB): lower {key} or data.image_size"
+            )
     if train.min_lr > train.lr:
         problems.append(f"train.min_lr: {train.min_lr} is above train.lr ({train.lr})")
     return problems

@@ -4,7 +4,13 @@ The CLI turns any ``FacetrainError`` into one message and exit code 2; every oth
 exception is a bug and keeps its traceback.
 """
 
+import reprlib
+from typing import Any
+
 _WORKER_MARKER = "Original Traceback (most recent call last):"
+_BRIEF = reprlib.Repr()  # every limit small: a message shows the start of a value, never all of it
+_BRIEF.maxlevel, _BRIEF.maxstring, _BRIEF.maxother, _BRIEF.maxlong = 2, 60, 60, 40
+_BRIEF.maxtuple = _BRIEF.maxlist = _BRIEF.maxdict = _BRIEF.maxset = 4
 
 
 class FacetrainError(Exception):
@@ -37,3 +43,24 @@ class ShapeError(FacetrainError):
 
 class TrainingError(FacetrainError):
     """Training cannot go on with these settings (for example, the loss became NaN)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or torchrun's stop), raised where Ctrl-C would be so the same clean-up runs."""
+
+
+class OutputError(FacetrainError):
+    """An output file or folder cannot be written (permissions, a full disk, a folder in the way)."""
+
+
+def brief(value: Any) -> str:
+    """A user's value for a message, bounded in length whatever its size (YAML spelling for scalars).
+
+    Never format a user's value into a message with ``repr`` or an f-string: a YAML alias bomb or a
+    100 MB string would be expanded in full.
+    """
+    if value is None:
+        return "an empty value"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return _BRIEF.repr(value)

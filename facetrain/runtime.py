@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from facetrain.errors import ConfigError
+from facetrain.errors import ConfigError, brief
 
 log = logging.getLogger("facetrain")
 
@@ -30,18 +30,18 @@ class Precision:
         return self.dtype is torch.float16
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present, else CPU; ``cuda`` without CUDA is an error."""
+def resolve_device(name: str, key: str = "train.device") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; ``cuda`` without CUDA is an error naming ``key``."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"train.device: unknown device '{name}': use auto, cpu, cuda or cuda:N") from None
+        raise ConfigError(f"{key}: unknown device {brief(name)}: use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device: '{name}' asked for, but CUDA is not available here: use --device cpu or auto")
+        raise ConfigError(f"{key}: {brief(name)} asked for, but CUDA is not available here: use cpu or auto")
     if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"train.device: '{name}' is not supported: use auto, cpu, cuda or cuda:N")
+        raise ConfigError(f"{key}: {brief(name)} is not supported: use auto, cpu, cuda or cuda:N")
     return device
 
 

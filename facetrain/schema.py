@@ -18,6 +18,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from facetrain.errors import brief
+
 
 def option(default: Any, help: str, **rules: Any) -> Any:
     """A config field with its help text and range rules (ge, gt, le, lt)."""
@@ -32,7 +34,7 @@ def build(cls: type, raw: Any, prefix: str, problems: list[str], root: type) -> 
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        problems.append(f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys, got {raw!r}")
+        problems.append(f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys, got {brief(raw)}")
         return None
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -54,11 +56,12 @@ def build(cls: type, raw: Any, prefix: str, problems: list[str], root: type) -> 
             continue
         ok, value, why = _coerce(raw[name], hint)
         if not ok:
-            problems.append(f"{dotted}: {why}, got {raw[name]!r}{_suggest_choice(raw[name], hint)}")
+            got = "but it is empty" if raw[name] is None else f"got {brief(raw[name])}"
+            problems.append(f"{dotted}: {why}, {got}{_suggest_choice(raw[name], hint)}")
             continue
         range_problem = _check_range(value, f.metadata)
         if range_problem:
-            problems.append(f"{dotted}: {range_problem}, got {raw[name]!r}")
+            problems.append(f"{dotted}: {range_problem}, got {brief(raw[name])}")
             continue
         values[name] = value
     if any(v is None and _is_section(hints[k]) for k, v in values.items()):
@@ -85,7 +88,7 @@ def _build_list(item_class: type, raw: Any, dotted: str, problems: list[str], ro
     if raw is None:
         return ()
     if not isinstance(raw, list):
-        problems.append(f"{dotted}: expected a list of sections, got {raw!r}")
+        problems.append(f"{dotted}: expected a list of sections, got {brief(raw)}")
         return None
     items = [build(item_class, item, f"{dotted}[{i}].", problems, root) for i, item in enumerate(raw)]
     return None if any(item is None for item in items) else tuple(items)
@@ -112,15 +115,20 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any, str]:
         options = typing.get_args(hint)
         if value is None:
             ok = type(None) in options
-            return ok, None, "" if ok else "must not be null"
+            return ok, None, "" if ok else "needs a value"
+        reasons = []
         for option_type in options:
             if option_type is type(None):
                 continue
-            ok, converted, _ = _coerce(value, option_type)
+            ok, converted, reason = _coerce(value, option_type)
             if ok:
                 return True, converted, ""
-        names = " or ".join("null" if t is type(None) else t.__name__ for t in options)
-        return False, None, f"must be {names}"
+            reasons.append(reason.removeprefix("must be "))
+        if type(None) in options:
+            reasons.append("null")
+        return False, None, "must be " + " or ".join(dict.fromkeys(reasons))
+    if value is None:
+        return False, None, "needs a value"
     if hint is bool:
         return (True, value, "") if isinstance(value, bool) else (False, None, "must be true or false")
     if hint is int:

@@ -73,7 +73,7 @@ def test_bad_checkpoint_for_resume(tmp_path):
     junk.write_bytes(b"\x00garbage")
     result = runner.invoke(app, ["train", "--resume", str(junk)])
     assert result.exit_code == 2
-    assert "cannot be read safely" in result.stderr and "Traceback" not in result.output
+    assert "cannot be used: it is a binary file of unknown kind" in result.stderr and "Traceback" not in result.output
 
 
 def test_debug_env_shows_the_exception(tmp_path):

@@ -16,6 +16,7 @@ from facetrain.config import (
     describe_keys,
     head_options,
     load_config,
+    resolve_config,
 )
 from facetrain.errors import ConfigError
 
@@ -264,3 +265,38 @@ def test_help_states_each_heads_default():
             shown = str(default).lower() if isinstance(default, bool) else f"{default:g}"
             assert shown in helps[f"head.{name}"], (kind, name)
     assert set().union(*HEAD_OPTIONS.values()) == set(HEAD_OPTION_NAMES)
+
+
+def test_every_size_and_count_has_an_upper_bound():
+    """No whole-number key is unbounded: each one sizes an allocation, a loop or a file."""
+    import typing
+
+    def int_fields(cls, prefix=""):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            hint = hints[f.name]
+            inner = typing.get_args(hint)[0] if typing.get_origin(hint) is tuple else hint
+            if dataclasses.is_dataclass(inner):
+                yield from int_fields(inner, f"{prefix}{f.name}.")
+            elif int in (hint, *typing.get_args(hint)):
+                yield prefix + f.name, f.metadata
+
+    fields = dict(int_fields(Config))
+    assert "data.image_size" in fields and "train.batch_size" in fields
+    unbounded = [key for key, rules in fields.items() if "le" not in rules and "lt" not in rules]
+    assert unbounded == []
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.image_size=99999999999999999999", "data.image_size: must be <= 1024, got 99999999999999999999"),
+        ("head.s=inf", "head.s: must be a finite number or null, got 'inf'"),
+        ("data.root=", "data.root: needs a value, but it is empty"),
+        ("data.center_crop=abc", "data.center_crop: must be a whole number or a finite number or null, got 'abc'"),
+    ],
+)
+def test_messages_name_the_rule_broken(override, message):
+    with pytest.raises(ConfigError) as caught:
+        resolve_config({}, [override], source="config")
+    assert message in str(caught.value)

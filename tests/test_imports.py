@@ -1,7 +1,7 @@
 """The package by stage, and imports that run one way.
 
     cli  →  training, deploy, diagnostics  →  evaluation  →  models  →  data
-         →  config, runtime, checkpoint  →  schema, errors
+         →  config, runtime, checkpoint  →  schema, safe_yaml, files  →  errors
 
 A module may import its own unit (a wing such as ``facetrain.data``, or a base module such as
 ``facetrain.config``) and any unit of a lower rank; never a higher rank, and never a peer of the
@@ -23,18 +23,20 @@ PACKAGE = Path(__file__).resolve().parents[1] / "facetrain"
 RANK = {
     "__init__": 0,  # the package's own __init__: the version string
     "errors": 0,
-    "schema": 0,
-    "config": 1,
-    "runtime": 1,
-    "checkpoint": 1,
-    "data": 2,
-    "models": 3,
-    "evaluation": 4,
-    "training": 5,
-    "deploy": 5,
-    "diagnostics": 5,
-    "cli": 6,
-    "__main__": 7,  # python -m facetrain: runs the CLI
+    "schema": 1,
+    "files": 1,
+    "safe_yaml": 1,
+    "config": 2,
+    "runtime": 2,
+    "checkpoint": 2,
+    "data": 3,
+    "models": 4,
+    "evaluation": 5,
+    "training": 6,
+    "deploy": 6,
+    "diagnostics": 6,
+    "cli": 7,
+    "__main__": 8,  # python -m facetrain: runs the CLI
 }
 WINGS = ("data", "models", "evaluation", "training", "deploy", "diagnostics")
 

@@ -7,16 +7,19 @@ keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 import typer
 
-from facetrain.errors import FacetrainError
+from facetrain.errors import FacetrainError, Terminated, brief
 
 
 def error_boundary(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -24,20 +27,52 @@ def error_boundary(command: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         _setup_logging()
         try:
-            return command(*args, **kwargs)
+            with _sigterm_as_interrupt():
+                return command(*args, **kwargs)
         except FacetrainError as exc:
             if os.environ.get("FACETRAIN_DEBUG") == "1":
                 raise
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            typer.echo(
-                "interrupted: checkpoints are replaced atomically, so the last one written is intact",
-                err=True,
-            )
-            raise typer.Exit(130) from None
+        except OSError as exc:  # about a user's path (too long a name, no permission): theirs to fix
+            if exc.filename is None or os.environ.get("FACETRAIN_DEBUG") == "1":
+                raise
+            from facetrain.files import os_reason
+
+            name = brief(os.fsdecode(exc.filename))
+            typer.echo(f"error: cannot use {name}: {os_reason(exc)}: check the path and its permissions", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt as exc:
+            what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+            typer.echo(f"{what}: files are replaced atomically, so the last one written is intact", err=True)
+            raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
 
     return wrapper
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises ``Terminated`` in this process, so it cleans up as Ctrl-C does (exit code 143).
+
+    Forked children (DataLoader workers) inherit the handler; they die by the default action instead.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    owner = os.getpid()
+
+    def handler(signum: int, frame: Any) -> None:
+        if os.getpid() != owner:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _CurrentStderr(logging.StreamHandler):

@@ -41,7 +41,11 @@ def export_command(
         threshold = threshold_from_eval_json(threshold_from, checkpoint)
     samples = None
     if parity_images is not None:
-        samples = find_images(parity_images)[0][:8] if parity_images.is_dir() else []
+        from facetrain.files import require_folder
+
+        samples = find_images(
+            require_folder(parity_images, DataError, "--parity-images", "give a folder of face images")
+        )[0][:8]
         if not samples:
             raise DataError(f"--parity-images: no images in '{parity_images}': give a folder of face images")
     result = export_model(checkpoint, out, out_format, threshold=threshold, sample_images=samples)
@@ -88,8 +92,8 @@ def embed_command(
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="A facetrain training checkpoint.")] = None,
     model: Annotated[Path | None, typer.Option("--model", help="An exported TorchScript model.")] = None,
     out_format: Annotated[str, typer.Option("--format", help="npz or csv.")] = "npz",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch.")] = 64,
-    workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes.")] = 2,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=65_536, help="Images per batch.")] = 64,
+    workers: Annotated[int, typer.Option("--workers", min=0, max=256, help="DataLoader worker processes.")] = 2,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = None,
 ) -> None:
@@ -104,7 +108,7 @@ def embed_command(
 
     result = embed_folder(
         images, out, checkpoint=checkpoint, model=model, fmt=out_format, batch_size=batch_size,
-        device=resolve_device(device), num_workers=workers,
+        device=resolve_device(device, "--device"), num_workers=workers,
         progress=sys.stderr.isatty() if progress is None else progress,
     )  # fmt: skip
     for path, reason in result.skipped:

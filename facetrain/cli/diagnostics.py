@@ -28,7 +28,7 @@ def outliers_command(
         typer.Option("--angle", min=0.0, max=180.0, help="Flag outliers over this many degrees from the dominant one."),
     ] = 75.0,
     batch_size: Annotated[
-        int | None, typer.Option("--batch-size", min=1, help="Images per batch (default: eval.batch_size).")
+        int | None, typer.Option("--batch-size", min=1, max=65_536, help="Images per batch (default: eval.batch_size).")
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
@@ -36,11 +36,13 @@ def outliers_command(
 
     Example: facetrain outliers --checkpoint runs/demo/last.pt --out runs/demo/outliers.tsv
     """
-    from facetrain.evaluation import check_output_path
+    from facetrain.files import output_path
     from facetrain.runtime import resolve_device
 
-    target = check_output_path(out or checkpoint.parent / "outliers.tsv", "--out")  # before the embedding work
-    write_outlier_report(checkpoint, target, angle, resolve_device(device), batch_size)
+    target = output_path(
+        out or checkpoint.parent / "outliers.tsv", "--out", inputs=(checkpoint,)
+    )  # before the embedding work
+    write_outlier_report(checkpoint, target, angle, resolve_device(device, "--device"), batch_size)
 
 
 def write_outlier_report(

@@ -31,12 +31,12 @@ def eval_command(
         ),
     ] = None,
     folds: Annotated[
-        int | None, typer.Option("--folds", min=2, help="Folds for files that declare none (default 10).")
+        int | None, typer.Option("--folds", min=2, max=100, help="Folds for files that declare none (default 10).")
     ] = None,
     flip: Annotated[
         bool | None, typer.Option("--flip/--no-flip", help="Headline with flip fusion (default: eval.flip).")
     ] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Images per batch.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, max=65_536, help="Images per batch.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write every number, per fold too, here.")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write the ROC and score histograms as PNG.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
@@ -47,16 +47,17 @@ def eval_command(
     --images facetrain/assets/orl --plot runs/demo/eval.png
     """
     from facetrain.config import load_config
-    from facetrain.evaluation import check_output_path, format_report, run_eval, write_json, write_plots
+    from facetrain.evaluation import format_report, run_eval, write_json, write_plots
+    from facetrain.files import output_path
     from facetrain.runtime import resolve_device
 
     cfg = load_config(config, list(set_ or [])) if config is not None else None
     for path, option in ((json_out, "--json"), (plot, "--plot")):
         if path is not None:
-            check_output_path(path, option)  # before the embedding work, not after it
+            output_path(path, option, inputs=(checkpoint, *(pairs or [])))  # before the embedding, not after
     reports = run_eval(
         checkpoint, list(pairs or []), images, pairs_format, cfg, overrides=[] if cfg else list(set_ or []),
-        device=resolve_device(device), folds=folds, flip=flip, batch_size=batch_size,
+        device=resolve_device(device, "--device"), folds=folds, flip=flip, batch_size=batch_size,
     )  # fmt: skip
     typer.echo("\n\n".join(format_report(report) for report in reports))
     if json_out is not None:
@@ -73,9 +74,10 @@ def pairs_command(
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="Draw from this config's held-out identities instead.")
     ] = None,
-    folds: Annotated[int, typer.Option("--folds", min=2, help="Folds (blocks) in the file.")] = 10,
+    folds: Annotated[int, typer.Option("--folds", min=2, max=100, help="Folds (blocks) in the file.")] = 10,
     pairs_per_fold: Annotated[
-        int, typer.Option("--pairs-per-fold", min=1, help="Same pairs, and as many different pairs, per fold.")
+        int,
+        typer.Option("--pairs-per-fold", min=1, max=100_000, help="Same pairs, and as many different pairs, per fold."),
     ] = 300,
     seed: Annotated[int, typer.Option("--seed", help="Seed for drawing the pairs.")] = 0,
 ) -> None:

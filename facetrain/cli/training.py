@@ -55,19 +55,25 @@ def train(
     from facetrain.config import load_config
     from facetrain.training import train as run_training
 
+    if device:
+        from facetrain.runtime import resolve_device
+
+        resolve_device(device, "--device")  # named as the user typed it, not as train.device
     overrides = list(set_ or []) + ([f"train.device={device}"] if device else [])
     if config is None and resume is None:
         raise typer.BadParameter("give --config FILE, or --resume CHECKPOINT to continue a run")
     cfg = load_config(config, overrides) if config is not None else None  # else: the checkpoint's own
+    if outlier_angle is not None and not 0.0 <= outlier_angle <= 180.0:  # NaN passes typer's range check
+        raise typer.BadParameter(f"--outlier-angle: must be degrees in [0, 180], got {outlier_angle}")
     if outlier_angle is not None and not report_outliers:
         raise typer.BadParameter("--outlier-angle applies to --report-outliers: add --report-outliers, or drop it")
     run_config = None
     if report_outliers:  # refused before training, not after it
         from facetrain.diagnostics import check_reportable
-        from facetrain.evaluation import check_output_path
+        from facetrain.files import output_path
 
         run_config = check_reportable(cfg, resume, overrides, source=str(config or "config"))
-        check_output_path(Path(run_config.run_dir) / "outliers.tsv", "--report-outliers")
+        output_path(Path(run_config.run_dir) / "outliers.tsv", "--report-outliers")
     show_bar = sys.stderr.isatty() if progress is None else progress
     result = run_training(cfg, resume=resume, overrides=overrides, overwrite=overwrite, progress=show_bar)
     typer.echo(f"checkpoint: {result.checkpoint} (epoch {result.epochs_done}, step {result.steps_done})")

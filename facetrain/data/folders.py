@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from facetrain.config import DataConfig
 from facetrain.data.preprocess import IMAGE_EXTENSIONS, Preprocess
 from facetrain.errors import DataError
+from facetrain.files import require_folder
 
 log = logging.getLogger("facetrain")
 
@@ -21,29 +22,52 @@ Identity = tuple[str, list[Path]]
 
 
 def scan_identities(root: str | Path, key: str = "data.root") -> list[Identity]:
-    """Lists ``root/<identity>/<image>`` as (identity, sorted image paths), sorted by name."""
+    """Lists ``root/<identity>/<image>`` as (identity, sorted image paths), sorted by name.
+
+    Links that lead nowhere or back into a folder above them are skipped with one warning.
+    """
     if not str(root):
         raise DataError(f"{key} is not set: point it at a folder with one sub-folder per identity")
-    folder = Path(root)
-    if not folder.is_dir():
-        raise DataError(
-            f"{key}: folder '{folder}' does not exist: set {key} to a folder with one sub-folder per identity"
-        )
-    identities = []
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        images = sorted(
-            p
-            for p in sub.iterdir()
-            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
-        )
+    folder = require_folder(root, DataError, key, f"set {key} to a folder with one sub-folder per identity")
+    identities, bad_links = [], []
+    for sub in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
+        if _bad_link(sub, folder):
+            bad_links.append(sub)
+            continue
+        if not sub.is_dir():
+            continue
+        images = []
+        for path in sorted(sub.iterdir()):
+            if path.name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            if path.is_symlink() and not path.exists():
+                bad_links.append(path)
+            elif path.is_file():
+                images.append(path)
         if images:
             identities.append((sub.name, images))
+    if bad_links:
+        shown = ", ".join(str(link.relative_to(folder)) for link in bad_links[:3])
+        more = f" and {len(bad_links) - 3} more" if len(bad_links) > 3 else ""
+        log.warning("%s: skipped %d links that lead nowhere or in a loop: %s%s", key, len(bad_links), shown, more)
     if not identities:
         raise DataError(
             f"{key}: no identity folders with images in '{folder}': expected {folder}/<identity>/<image> "
             f"with extensions {', '.join(sorted(IMAGE_EXTENSIONS))}"
         )
     return identities
+
+
+def _bad_link(path: Path, root: Path) -> bool:
+    """A link that is broken, loops on itself, or leads back to ``root`` or a folder above it."""
+    if not path.is_symlink():
+        return False
+    try:
+        target = path.resolve(strict=True)
+    except (OSError, RuntimeError):  # missing target, or a loop of links
+        return True
+    real_root = root.resolve()
+    return target == real_root or target in real_root.parents
 
 
 def drop_small(identities: list[Identity], minimum: int, where: str) -> list[Identity]:
@@ -141,15 +165,25 @@ def num_classes_problem(wanted: int | None, found: int) -> str | None:
     )
 
 
-def split_identities(cfg: DataConfig) -> tuple[list[Identity], list[Identity]]:
-    """(training identities, held-out identities) after filtering, by split or from ``val_root``."""
-    identities = drop_small(scan_identities(cfg.root), cfg.min_images_per_identity, "data.root")
+def split_identities(cfg: DataConfig, scanned: list[Identity] | None = None) -> tuple[list[Identity], list[Identity]]:
+    """(training identities, held-out identities) after filtering, by split or from ``val_root``.
+
+    ``scanned``: ``scan_identities(cfg.root)`` when the caller has it already.
+    """
+    scanned = scan_identities(cfg.root) if scanned is None else scanned
+    identities = drop_small(scanned, cfg.min_images_per_identity, "data.root")
     held_out: list[Identity] = []
     if cfg.val_root is not None:
         held_out = drop_small(
             scan_identities(cfg.val_root, "data.val_root"), cfg.min_images_per_identity, "data.val_root"
         )
     elif cfg.val_identities:
+        if cfg.val_identities > len(identities) - 2 and cfg.val_identities <= len(scanned) - 2:
+            raise DataError(
+                f"data.root: only {len(identities)} of the {len(scanned)} identities in '{cfg.root}' have "
+                f"data.min_images_per_identity={cfg.min_images_per_identity} images or more, too few to hold out "
+                f"{cfg.val_identities} and train on 2: add images, or lower data.min_images_per_identity"
+            )
         if cfg.val_identities > len(identities) - 2:
             raise DataError(
                 f"data.val_identities={cfg.val_identities} leaves fewer than 2 of the {len(identities)} "

@@ -7,6 +7,7 @@ checkpoint's saved config reproduces the exact input the model was trained on.
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from facetrain.errors import DataError
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".pbm", ".pnm", ".tif", ".tiff", ".webp"}
 )
+# Larger images are refused before they are decoded: a 100 KB PNG can claim 144 Mpx (2 GB decoded).
+MAX_IMAGE_PIXELS = 64_000_000
 # Inputs are scaled to [0, 1], then normalised with these to [-1, 1].
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
@@ -31,12 +34,26 @@ def load_image(path: str | Path, data: bytes | None = None) -> Image.Image:
     ``data``, when given, holds the encoded image (``path`` then only names it in errors).
     """
     try:
-        with Image.open(io.BytesIO(data) if data is not None else path) as image:
+        with warnings.catch_warnings():  # Pillow's own bomb warning; the size is checked below instead
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(io.BytesIO(data) if data is not None else path)
+        with opened as image:
+            width, height = image.size  # from the header: nothing is decoded yet
+            if width * height > MAX_IMAGE_PIXELS:
+                raise DataError(
+                    f"image '{path}' would decode to {width}x{height} pixels ({width * height / 1e6:.0f} Mpx), over "
+                    f"the {MAX_IMAGE_PIXELS / 1e6:.0f} Mpx limit (a decompression bomb, or a photo far larger than "
+                    "a face needs): downscale it, or remove it"
+                )
             image.load()
             if image.mode in ("I;16", "I;16B", "I;16L", "I"):
                 # 16-bit grey: keep the top 8 bits rather than clipping at 255.
                 image = image.point(lambda v: v / 256).convert("L")
             return image.convert("RGB")
+    except FileNotFoundError:
+        raise DataError(f"image '{path}' not found: check the path") from None
+    except PermissionError:
+        raise DataError(f"cannot read image '{path}' (permission denied): check its permissions") from None
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
         reason = "not a decodable image" if data is not None else str(exc)  # PIL would print a BytesIO repr
         raise DataError(f"cannot read image '{path}': {reason}: replace or remove the file") from None

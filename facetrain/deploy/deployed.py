@@ -8,6 +8,7 @@ optionally a decision threshold). Plain ``torch.jit.load`` reads it; facetrain i
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,10 +18,27 @@ import torch
 from facetrain import __version__
 from facetrain.config import Config
 from facetrain.data import MEAN, STD, Preprocess
-from facetrain.errors import CheckpointError
+from facetrain.errors import CheckpointError, ConfigError, FacetrainError, brief
+from facetrain.files import TORCH_ARCHIVE, TORCHSCRIPT, describe, require_file
 
 METADATA_NAME = "facetrain.json"
 METADATA_VERSION = 1
+# Eval may put a threshold a hair outside the scores it saw (max score + 1e-6), so allow a little slack.
+_THRESHOLD_SLACK = 1e-3
+
+
+def check_threshold(value: float | None, where: str, error: type[FacetrainError] = ConfigError) -> float | None:
+    """A cosine verification threshold: a finite number in [-1, 1] (or None); else one ``error`` line."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise error(f"{where}: {brief(value)} is not a finite number: give a cosine threshold such as 0.3")
+    if abs(value) > 1 + _THRESHOLD_SLACK:
+        raise error(
+            f"{where}: {value:g} is outside [-1, 1], where every cosine score lies: give a threshold such as 0.3 "
+            "(facetrain eval reports one)"
+        )
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -55,7 +73,9 @@ class ModelMetadata:
         try:
             data = json.loads(text)
             data["mean"], data["std"] = tuple(data["mean"]), tuple(data["std"])
-            return cls(**data)
+            metadata = cls(**data)
+            check_threshold(metadata.threshold, f"'{source}': {METADATA_NAME} threshold", CheckpointError)
+            return metadata
         except (ValueError, TypeError, KeyError) as exc:
             raise CheckpointError(
                 f"'{source}': its {METADATA_NAME} is unreadable ({exc}): re-export the model"
@@ -68,19 +88,22 @@ class ModelMetadata:
 
 def load_exported(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.jit.ScriptModule, ModelMetadata]:
     """A TorchScript model written by ``facetrain export`` and its metadata."""
-    file = Path(path)
-    if not file.is_file():
-        raise CheckpointError(f"model '{file}' not found: give a file written by facetrain export")
+    fix = "give a file written by facetrain export"
+    file = require_file(path, CheckpointError, "model", fix, ("model.pt",))
     extra = {METADATA_NAME: ""}
     try:
         with warnings.catch_warnings():  # torch's torch.jit deprecation notice would only puzzle a CLI user
             warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
             model = torch.jit.load(str(file), map_location=device, _extra_files=extra)
-    except Exception as exc:  # a damaged file or not TorchScript
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"'{file}' is not a TorchScript model ({reason}): give a file written by facetrain export"
-        ) from None
+    except Exception:  # a damaged file or not TorchScript
+        kind = describe(file)
+        if kind == TORCH_ARCHIVE:
+            raise CheckpointError(
+                f"model '{file}' is {kind}, not an exported model: if it is a training checkpoint, export it "
+                f"first with facetrain export --checkpoint {file} --out model.pt"
+            ) from None
+        state = "damaged or truncated" if kind == TORCHSCRIPT else f"{kind}, not an exported model"
+        raise CheckpointError(f"model '{file}' is {state}: {fix}") from None
     if not extra[METADATA_NAME]:
         raise CheckpointError(f"'{file}' has no {METADATA_NAME}: it was not written by facetrain export")
     text = extra[METADATA_NAME]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,11 +21,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from facetrain.checkpoint import usual_file_mode
 from facetrain.data import IMAGE_EXTENSIONS, Preprocess
 from facetrain.deploy.deployed import load_exported
 from facetrain.errors import ConfigError, DataError
-from facetrain.evaluation import check_output_path, load_model
+from facetrain.evaluation import load_model
+from facetrain.files import atomic_write, output_path, require_folder
 from facetrain.runtime import Precision, autocast, resolve_precision
 
 FORMATS = ("npz", "csv")
@@ -114,9 +113,12 @@ def embed_folder(
         raise ConfigError(f"unknown output format '{fmt}': use {' or '.join(FORMATS)}")
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
-    root, out = Path(images), check_output_path(out, "--out")  # before the embedding work
-    if not root.is_dir():
-        raise DataError(f"image folder '{root}' does not exist: give a folder of images or of identity folders")
+    root, out = Path(images), output_path(out, "--out")  # before the embedding work
+    suffix = Path(out).suffix.lower().lstrip(".")
+    if suffix != fmt:  # also keeps --out from overwriting an input image
+        hint = f"pass --format {suffix}" if suffix in FORMATS else f"name it {Path(out).stem}.{fmt}"
+        raise ConfigError(f"--out '{out}' is not a .{fmt} file name, and --format is {fmt}: {hint}")
+    require_folder(root, DataError, "--images", "give a folder of images or of identity folders")
     paths, has_labels = find_images(root)
     if not paths:
         raise DataError(
@@ -190,25 +192,18 @@ def _run(
 
 def _write(out: Path, fmt: str, vectors: np.ndarray, rows: list[str], labels: list[str] | None) -> None:
     """Writes to a temp file beside ``out`` and renames it, so a crash never leaves half a file."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
+    with atomic_write(out, "--out") as temp:
         if fmt == "npz":
             arrays = {"embeddings": vectors, "paths": np.array(rows, dtype=str)}
             if labels is not None:
                 arrays["labels"] = np.array(labels, dtype=str)
-            with os.fdopen(handle, "wb") as file:
+            with open(temp, "wb") as file:
                 np.savez(file, **arrays)  # a file object: numpy adds no .npz suffix
         else:
-            with os.fdopen(handle, "w", newline="", encoding="utf-8") as file:
+            with open(temp, "w", newline="", encoding="utf-8") as file:
                 writer = csv.writer(file)
                 writer.writerow(["path", "label", *(f"e{i}" for i in range(vectors.shape[1]))])
                 for index, row in enumerate(rows):
                     # 9 significant digits round-trip any float32 exactly.
                     values = [f"{value:.9g}" for value in vectors[index].tolist()]
                     writer.writerow([row, labels[index] if labels is not None else "", *values])
-        os.chmod(temp, usual_file_mode())  # mkstemp creates 0600
-        os.replace(temp, out)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise

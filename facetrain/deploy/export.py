@@ -11,8 +11,6 @@ import importlib
 import json
 import logging
 import math
-import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facetrain.checkpoint import usual_file_mode
 from facetrain.data import Preprocess
-from facetrain.deploy.deployed import METADATA_NAME, ModelMetadata, load_exported
-from facetrain.errors import ConfigError, DataError, ShapeError
-from facetrain.evaluation import check_output_path, load_model
+from facetrain.deploy.deployed import METADATA_NAME, ModelMetadata, check_threshold, load_exported
+from facetrain.errors import CheckpointError, ConfigError, DataError, ShapeError
+from facetrain.evaluation import load_model
+from facetrain.files import atomic_write, output_path
 
 log = logging.getLogger("facetrain")
 
@@ -93,20 +91,14 @@ def export_model(
     """
     if fmt not in FORMATS:
         raise ConfigError(f"--format: unknown format '{fmt}': choose one of {', '.join(FORMATS)}")
-    if threshold is not None and not math.isfinite(threshold):
-        raise ConfigError(f"--threshold: {threshold} is not a finite number: give a cosine threshold such as 0.3")
+    check_threshold(threshold, "--threshold")
     onnx = _import_onnx() if fmt == "onnx" else None  # fail before the slow part
-    check_output_path(out, "--out")
+    target = output_path(out, "--out", inputs=(checkpoint,))
     loaded = load_model(checkpoint, torch.device("cpu"))
     model = NormalizedEmbedder(loaded.embedder).eval()
     metadata = ModelMetadata.from_config(loaded.config, threshold)
     batches = _parity_batches(loaded.preprocess, sample_images)
-    target = Path(out)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(handle)
-    temp = Path(temp_name)
-    try:
+    with atomic_write(target, "--out") as temp:
         if onnx is None:
             _write_torchscript(model, temp, metadata)
             with _quiet_jit():
@@ -123,12 +115,6 @@ def export_model(
                 f"export parity failed: max abs difference {diff:.3g} > {tolerance:g} between the "
                 f"{fmt} file and checkpoint '{checkpoint}'; file removed: report this as a facetrain bug"
             )
-        with open(temp, "rb+") as stream:  # on disk before the rename, so a crash leaves no torn file
-            os.fsync(stream.fileno())
-        os.chmod(temp, usual_file_mode())
-        os.replace(temp, target)
-    finally:
-        temp.unlink(missing_ok=True)
     checked = run is not None
     sizes = " and ".join(str(len(batch)) for batch in batches)
     note = f"parity checked on batches of {sizes}" if checked else "parity not checked: onnxruntime is not installed"
@@ -149,8 +135,12 @@ def verify_pair(
     with torch.no_grad():
         embeddings = model(batch).float()
     score = float(embeddings[0] @ embeddings[1])
-    if threshold is not None and not math.isfinite(threshold):
-        raise ConfigError(f"--threshold: {threshold} is not a finite number: give a cosine threshold such as 0.3")
+    if not math.isfinite(score):
+        raise CheckpointError(
+            f"model '{model_path}' gives NaN embeddings (its weights hold NaN or infinite values): "
+            "export it again from a checkpoint whose training did not diverge"
+        )
+    check_threshold(threshold, "--threshold")
     if threshold is not None:
         source = "argument"
     elif metadata.threshold is not None:
@@ -178,8 +168,7 @@ def threshold_from_eval_json(path: str | Path, checkpoint: str | Path | None = N
     except (OSError, ValueError, LookupError, TypeError) as exc:
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         raise DataError(f"'{file}' has no sets[0].plain.threshold ({reason}): {fix}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise DataError(f"'{file}': sets[0].plain.threshold is {value!r}, not a number: {fix}")
+    check_threshold(value, f"'{file}': sets[0].plain.threshold", DataError)
     evaluated = payload.get("checkpoint")
     if checkpoint is not None and evaluated and Path(evaluated).resolve() != Path(checkpoint).resolve():
         log.warning("the threshold in '%s' was chosen for checkpoint '%s', not '%s'", file, evaluated, checkpoint)
@@ -204,7 +193,10 @@ def _max_abs_diff(model: nn.Module, run: Callable[[torch.Tensor], torch.Tensor],
             expected, got = model(batch), run(batch)
             if got.shape != expected.shape:  # broadcasting would hide a wrong batch size
                 return math.inf
-            worst = max(worst, float((got - expected).abs().max()))
+            diff = float((got - expected).abs().max())
+            worst = diff if math.isnan(diff) else max(worst, diff)  # max(0.0, nan) would hide a NaN
+            if math.isnan(worst):
+                return worst
     return worst
 
 

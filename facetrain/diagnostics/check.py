@@ -104,7 +104,7 @@ def _check_data(config: Config, report: CheckReport, progress: bool) -> int | No
     data = config.data
     try:
         everything = scan_identities(data.root)
-        training, held_out = split_identities(data)
+        training, held_out = split_identities(data, everything)
     except FacetrainError as exc:
         report.problems.append(str(exc))
         return None

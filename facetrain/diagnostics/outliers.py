@@ -14,19 +14,18 @@ the dominant one, and flagged as likely noisy in the second case (the paper's ru
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from facetrain.checkpoint import load_checkpoint, require_keys, usual_file_mode
+from facetrain.checkpoint import load_checkpoint, require_keys
 from facetrain.config import Config, config_from_dict, resolve_config
 from facetrain.data import FaceDataset, build_datasets, eval_loader
 from facetrain.errors import ConfigError, DataError, ShapeError
 from facetrain.evaluation import load_model, load_weights
+from facetrain.files import write_text
 from facetrain.models import build_head
 
 SUBCENTER_HEAD = "subcenter_arcface"
@@ -188,6 +187,8 @@ def find_outliers(
     The training set is rebuilt from the config saved in the checkpoint and must hold the same
     identities. Images are embedded once, without flip, in eval mode and float32.
     """
+    if not 0.0 <= angle_threshold <= 180.0:  # also refuses NaN, which every comparison would let through
+        raise ConfigError(f"--angle: must be a number of degrees in [0, 180], got {angle_threshold}")
     path = Path(checkpoint)
     state = load_checkpoint(path)
     config = config_from_dict(state["config"], source=f"config inside '{path}'")
@@ -266,25 +267,7 @@ def write_outliers_tsv(report: OutlierReport, out: str | Path) -> Path:
             f"{record.path}\t{record.identity}\t{record.nearest_subcenter}\t{record.dominant_subcenter}\t"
             f"{record.angle_to_dominant_deg:.4f}\t{record.subcenter_gap_deg:.4f}\t{str(record.flagged).lower()}"
         )
-    temp_name = None
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as stream:
-            stream.write("\n".join(lines) + "\n")
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temp_name, usual_file_mode())
-        os.replace(temp_name, target)
-    except BaseException as exc:
-        if temp_name is not None:
-            Path(temp_name).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise ConfigError(
-                f"cannot write the outlier report '{target}' ({exc.strerror or exc}): give a writable file path"
-            ) from None
-        raise
-    return target
+    return write_text(target, "\n".join(lines) + "\n", "--out")
 
 
 def format_summary(report: OutlierReport) -> str:

@@ -13,14 +13,13 @@ from facetrain.evaluation.evaluate import (
 from facetrain.evaluation.pairgen import write_pairs_file
 from facetrain.evaluation.pairs import PairList, read_pairs
 from facetrain.evaluation.plots import verification_figure
-from facetrain.evaluation.report import check_output_path, format_report, write_json, write_plots
+from facetrain.evaluation.report import format_report, write_json, write_plots
 from facetrain.evaluation.verification import holdout_verification
 
 __all__ = [
     "FAR_TARGETS",
     "PairList",
     "PairsReport",
-    "check_output_path",
     "evaluate_set",
     "format_report",
     "holdout_verification",

@@ -70,6 +70,12 @@ def load_weights(module: torch.nn.Module, state: dict[str, Any], part: str, path
             f"checkpoint '{path}': its {part} weights do not fit its own config ({reason}): "
             "the file was altered or not written by facetrain train"
         ) from None
+    broken = next((k for k, v in module.state_dict().items() if v.is_floating_point() and not v.isfinite().all()), None)
+    if broken is not None:  # every embedding would be NaN, and every score, threshold and export with it
+        raise CheckpointError(
+            f"checkpoint '{path}': its {part} weight {broken} holds NaN or infinite values (the run diverged): "
+            "use an earlier checkpoint, or retrain with a lower train.lr"
+        )
 
 
 def first_mismatch(expected: dict[str, Any], given: Any) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from facetrain.data import IMAGE_EXTENSIONS
 from facetrain.errors import DataError
+from facetrain.files import output_path, write_text
 
 SamePair = tuple[str, int, int]
 DifferentPair = tuple[str, int, str, int]
@@ -144,7 +145,7 @@ def write_lfw_pairs(path: Path, blocks: list[Block], folds: int, pairs_per_fold:
     lines = [f"{folds}\t{pairs_per_fold}"]
     for same, different in blocks:
         lines += ["\t".join(map(str, pair)) for pair in [*same, *different]]
-    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text(path, "\n".join(lines) + "\n", "--out")
 
 
 def write_pairs_file(
@@ -154,6 +155,7 @@ def write_pairs_file(
     from facetrain.config import load_config
     from facetrain.data import scan_identities, split_identities
 
+    target = output_path(out, "--out")  # before the identities are scanned
     if config is not None:
         _, identities = split_identities(load_config(config).data)
         if not identities:
@@ -161,10 +163,5 @@ def write_pairs_file(
     else:
         identities = scan_identities(root, "--root")
     blocks = make_pairs(identities, folds, pairs_per_fold, seed)
-    target = Path(out)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_lfw_pairs(target, blocks, folds, pairs_per_fold)
-    except OSError as exc:
-        raise DataError(f"--out: cannot write '{target}' ({exc.strerror or exc}): choose another path") from None
+    write_lfw_pairs(target, blocks, folds, pairs_per_fold)
     return target

@@ -12,6 +12,7 @@ from typing import BinaryIO
 
 from facetrain.data import IMAGE_EXTENSIONS
 from facetrain.errors import DataError
+from facetrain.files import require_file, require_folder
 
 FORMATS = ("lfw", "list", "bin")
 _SAME_LABELS = frozenset({"1", "true", "same"})
@@ -71,11 +72,9 @@ def read_pairs(path: str | Path, images_root: str | Path | None = None, format: 
     Raises:
         DataError: the file is malformed or unsafe, or images are missing.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise DataError(f"pairs file '{path}' is a directory: give the pairs file inside it")
-    if not path.is_file():
-        raise DataError(f"pairs file '{path}' does not exist: check the path")
+    path = require_file(
+        path, DataError, "pairs file", "give an LFW pairs.txt, a `path1 path2 label` list or a .bin", ("pairs.txt",)
+    )
     if format not in ("auto", *FORMATS):
         raise DataError(f"unknown pairs format '{format}': use auto, {', '.join(FORMATS)}")
     kind = detect_format(path) if format == "auto" else format
@@ -84,6 +83,8 @@ def read_pairs(path: str | Path, images_root: str | Path | None = None, format: 
         count = 2 * len(is_same)
         return PairList(path.stem, path, kind, bins, list(range(0, count, 2)), list(range(1, count, 2)), is_same, None)
 
+    if images_root is not None:
+        require_folder(images_root, DataError, "images root", "give the folder the pairs file's paths start from")
     root = Path(images_root if images_root is not None else path.parent).resolve()
     lines = _text_lines(path)
     if kind == "lfw":
@@ -243,7 +244,8 @@ def _read_bin(path: Path) -> tuple[list[bytes], list[bool]]:
     except DataError:
         raise
     except Exception as exc:  # any failure on untrusted bytes is the file's fault, never a bug here
-        raise DataError(f"{where}: not a readable pairs .bin ({type(exc).__name__}: {exc}): re-create it") from None
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise DataError(f"{where}: not a readable pairs .bin ({reason}): re-create it") from None
     shape = "expected a pickled (images, is_same) pair: a list of encoded images and a list of bools"
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise DataError(f"{where}: {shape}, got {type(data).__name__}: this is not a pairs .bin")

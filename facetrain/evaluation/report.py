@@ -6,8 +6,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from facetrain.errors import ConfigError
 from facetrain.evaluation.evaluate import FAR_TARGETS, Metrics, PairsReport
+from facetrain.files import atomic_write, write_text
 
 
 def format_report(report: PairsReport) -> str:
@@ -37,26 +37,9 @@ def _tar(value: float | None, negatives: int) -> str:
     return f"{value:.4f}" if value is not None else f"n/a (only {negatives} negatives)"
 
 
-def check_output_path(path: str | Path, option: str) -> Path:
-    """Makes the parent folder and refuses an unusable path, before any long computation."""
-    target = Path(path)
-    if target.is_dir():
-        raise ConfigError(f"{option}: '{target}' is a directory: give a file name, e.g. {target / 'eval'}")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"{option}: cannot create the folder of '{target}' ({exc.strerror or exc})") from None
-    return target
-
-
 def write_json(reports: list[PairsReport], path: str | Path, checkpoint: str | Path) -> Path:
-    target = check_output_path(path, "--json")
     payload = {"checkpoint": str(checkpoint), "sets": [report.to_dict() for report in reports]}
-    try:
-        target.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
-    except OSError as exc:
-        raise ConfigError(f"--json: cannot write '{target}' ({exc.strerror or exc})") from None
-    return target
+    return write_text(path, json.dumps(payload, indent=2, allow_nan=False) + "\n", "--json")
 
 
 def write_plots(reports: list[PairsReport], path: str | Path) -> list[Path]:
@@ -68,9 +51,7 @@ def write_plots(reports: list[PairsReport], path: str | Path) -> list[Path]:
     for report in reports:
         out = target if len(reports) == 1 else target.with_name(f"{target.stem}_{report.name}{target.suffix}")
         title = f"{report.name}: accuracy {report.headline.accuracy:.4f}, ROC AUC {report.headline.roc_auc:.4f}"
-        check_output_path(out, "--plot")
-        try:
-            written.append(save_verification_plot(out, report.scores, report.is_same, report.headline.threshold, title))
-        except OSError as exc:
-            raise ConfigError(f"--plot: cannot write '{out}' ({exc.strerror or exc})") from None
+        with atomic_write(out, "--plot") as temp:
+            save_verification_plot(temp, report.scores, report.is_same, report.headline.threshold, title)
+        written.append(out)
     return written

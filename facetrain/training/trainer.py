@@ -14,10 +14,17 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from facetrain.checkpoint import RESUME_KEYS, check_resumable, load_checkpoint, require_keys, save_checkpoint
+from facetrain.checkpoint import (
+    check_resumable,
+    check_resume_fields,
+    identity_changes,
+    load_checkpoint,
+    save_checkpoint,
+)
 from facetrain.config import Config, config_to_dict, dump_config, head_options, resolve_config
 from facetrain.data import EpochSampler, build_datasets, num_classes_problem, train_loader
 from facetrain.errors import CheckpointError, ConfigError, DataError, TrainingError
+from facetrain.files import write_text
 from facetrain.models import build_embedder, build_head
 from facetrain.runtime import (
     autocast,
@@ -29,6 +36,7 @@ from facetrain.runtime import (
 )
 from facetrain.training.monitor import Evaluation, Monitor
 from facetrain.training.optim import WarmupDecay, apply_hyperparameters, build_optimizer
+from facetrain.training.rundir import check_moved, check_run_dir, clear_previous_run, continues, sweep_stale_temps
 from facetrain.training.tracking import Meter, TensorBoard
 
 log = logging.getLogger("facetrain")
@@ -71,7 +79,7 @@ class Trainer:
         cfg = self.config
         self.run_dir = Path(cfg.run_dir)
         self.checkpoint_path = self.run_dir / "last.pt"
-        self._check_run_dir()
+        check_run_dir(self.run_dir, self.overwrite, self.resume_path)
         self.device = resolve_device(cfg.train.device)
         self.precision = resolve_precision(cfg.train.amp, self.device)
         if self.device.type == "cuda":
@@ -92,13 +100,10 @@ class Trainer:
         self.best_value: float | None = None
         if self.resume_path:
             self._load(self.resume_path)
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(dump_config(cfg))
-        except OSError as exc:
-            raise ConfigError(
-                f"run_dir: cannot write to '{self.run_dir}' ({exc.strerror}): choose another run_dir"
-            ) from None
+        if self.overwrite and not continues(self.run_dir, self.resume_path):
+            clear_previous_run(self.run_dir)  # only now: a run refused above destroys nothing
+        sweep_stale_temps(self.run_dir)
+        write_text(self.run_dir / "config.yaml", dump_config(cfg), "run_dir")
         log.info(
             "model: %s -> %s embedding, %s head over %d classes; device %s, amp %s; %d steps/epoch",
             cfg.model.backbone,
@@ -108,18 +113,6 @@ class Trainer:
             self.device,
             self.precision.name,
             self.steps_per_epoch,
-        )
-
-    def _check_run_dir(self) -> None:
-        if self.run_dir.exists() and not self.run_dir.is_dir():
-            raise ConfigError(f"run_dir: '{self.run_dir}' is a file, not a folder: set run_dir to a folder path")
-        if self.overwrite or not self.checkpoint_path.exists():
-            return
-        if self.resume_path and self.resume_path.resolve() == self.checkpoint_path.resolve():
-            return
-        raise ConfigError(
-            f"run_dir: '{self.run_dir}' already holds last.pt from another run: pass --resume "
-            f"{self.checkpoint_path} to continue it, --overwrite to replace it, or set run_dir"
         )
 
     def _check_num_classes(self) -> None:
@@ -173,7 +166,7 @@ class Trainer:
         value = evaluation.best_value
         if value is not None and (self.best_value is None or value > self.best_value):
             self.best_value = value
-            save_checkpoint(self.state(), self.best_path)
+            save_checkpoint(self.state(), self.best_path, self._last_checkpoint_note())
             log.info("best.pt: %s %.4f at step %d", self.config.eval.best_metric, value, self.step)
         return evaluation
 
@@ -241,7 +234,7 @@ class Trainer:
         if not self.precision.needs_scaler and not torch.isfinite(grad_norm):
             raise TrainingError(
                 f"the gradient became {grad_norm.item()} at step {self.step + 1} (lr {self.scheduler.lr:.3g}): "
-                f"lower train.lr or set train.grad_clip; {self._last_checkpoint_note()}"
+                f"lower train.lr{'' if cfg.grad_clip else ' or set train.grad_clip'}; {self._last_checkpoint_note()}"
             )
         self.scaler.step(self.optimizer)  # skipped by the scaler when fp16 gradients overflowed
         self.scaler.update()
@@ -284,25 +277,26 @@ class Trainer:
         }
 
     def save(self) -> Path:
-        return save_checkpoint(self.state(), self.checkpoint_path)
+        return save_checkpoint(self.state(), self.checkpoint_path, self._last_checkpoint_note())
 
     def _load(self, path: Path) -> None:
         state = self.resume_state if self.resume_state is not None else load_checkpoint(path)
-        require_keys(state, RESUME_KEYS, path, "a training checkpoint to resume")
+        check_resume_fields(state, path)
         mid_epoch = state["batch_in_epoch"] > 0
         for line in check_resumable(path, state["config"], config_to_dict(self.config), mid_epoch):
             log.info("resuming with a changed setting: %s", line)
         if state["class_names"] != list(self.data.train.class_names):
             raise DataError(
-                f"checkpoint '{path}' was trained on {state['num_classes']} identities, data.root now has "
-                f"{self.data.num_classes} (or other names): resume only on the same training identities"
+                f"checkpoint '{path}' was trained on {len(state['class_names'])} identities, data.root now has "
+                f"{self.data.num_classes}: {identity_changes(state['class_names'], self.data.train.class_names)}: "
+                "resume only on the same training identities, or start a new run"
             )
         try:
             self.embedder.load_state_dict(state["embedder"])
             self.head.load_state_dict(state["head"])
             self.optimizer.load_state_dict(state["optimizer"])
             apply_hyperparameters(self.optimizer, self.config.train)
-        except (RuntimeError, ValueError, KeyError) as exc:
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
             reason = str(exc).strip().splitlines()[0]
             raise CheckpointError(f"checkpoint '{path}' does not fit this model ({reason}): start a new run") from None
         self.scheduler.load_state_dict(state["scheduler"])
@@ -310,7 +304,13 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
         self.best_value = state.get("best_value")
-        set_rng_state(state["rng"])  # last, after everything that draws random numbers while building
+        try:
+            set_rng_state(state["rng"])  # last, after everything that draws random numbers while building
+        except (RuntimeError, TypeError, ValueError, KeyError):
+            raise CheckpointError(
+                f"checkpoint '{path}' is damaged: rng does not hold valid random states: resume from another "
+                "checkpoint, or start a new run without --resume"
+            ) from None
         log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step)
 
 
@@ -332,6 +332,7 @@ def train(
         # A copy: the saved config stays as it was, so resuming can list what the overrides changed.
         raw = copy.deepcopy(state["config"])
         config = resolve_config(raw, overrides or [], source=f"config inside '{resume}'")
+        check_moved(Path(resume), config.run_dir, overrides or [])
     trainer = Trainer(config, resume=resume, overwrite=overwrite, progress=progress, resume_state=state)
     trainer.setup()
     return trainer.fit()

@@ -267,7 +267,7 @@ def test_threshold_from_eval_json(tmp_path: Path) -> None:
         threshold_from_eval_json(tmp_path / "missing.json")
     report["sets"][0]["plain"] = {"threshold": "high"}
     good.write_text(json.dumps(report))
-    with pytest.raises(DataError, match="not a number"):
+    with pytest.raises(DataError, match="not a finite number"):
         threshold_from_eval_json(good)
 
 

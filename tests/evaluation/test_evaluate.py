@@ -189,12 +189,12 @@ def test_sets_that_cannot_be_scored_are_one_line_errors(orl_checkpoint, tmp_path
     result = eval_cli(orl_checkpoint, "--pairs", str(only_same), "--images", str(ORL))
     assert result.exit_code == 2 and "2 same and 0 different pairs: verification needs both kinds" in result.stderr
     result = eval_cli(orl_checkpoint, "--pairs", str(tmp_path), "--images", str(ORL))
-    assert result.exit_code == 2 and "is a directory" in result.stderr
+    assert result.exit_code == 2 and "is a folder, not a file" in result.stderr
 
 
 def test_output_paths_are_checked_before_embedding(orl_checkpoint, tmp_path):
     result = eval_cli(orl_checkpoint, "--pairs", str(ORL_PAIRS), "--images", str(ORL), "--json", str(tmp_path))
-    assert result.exit_code == 2 and "--json:" in result.stderr and "is a directory" in result.stderr
+    assert result.exit_code == 2 and "--json:" in result.stderr and "is a folder: give a file name" in result.stderr
     blocker = tmp_path / "file"
     blocker.write_text("x")
     result = eval_cli(orl_checkpoint, "--pairs", str(ORL_PAIRS), "--images", str(ORL), "--plot", str(blocker / "p.png"))

@@ -145,7 +145,7 @@ def test_malformed_lines_name_file_and_line(tmp_path, monkeypatch, lfw_root, nam
 
 
 def test_missing_file_and_unknown_format(tmp_path):
-    with pytest.raises(DataError, match="pairs file '.*nope.txt' does not exist"):
+    with pytest.raises(DataError, match="pairs file '.*nope.txt' not found"):
         read_pairs(tmp_path / "nope.txt")
     (tmp_path / "pairs.txt").write_text("1\nAnn 1 2\nAnn 1 Bob 1\n")
     with pytest.raises(DataError, match="unknown pairs format 'csv': use auto, lfw, list, bin"):

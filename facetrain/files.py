@@ -1,0 +1,260 @@
+"""Files: a user's file named by what it is, and every file of ours written atomically.
+
+``describe`` tells a user's file by its first bytes (a folder, a text file, a PNG, a TorchScript
+model, a torch.save archive...), so a wrong file is reported as what it is, never as "not found" or
+"corrupted". ``require_file`` and ``require_folder`` check a path's kind before it is read.
+
+Every file facetrain writes (checkpoints, exported models, embeddings, reports, pairs lists, JSON,
+plots, the saved config) goes through ``atomic_write``: a temporary file beside the target, fsync,
+then a rename over the target. A crash, kill -9, Ctrl-C or a full disk therefore never leaves a torn
+file, and never harms the file being replaced. Temporary files are named ``.<name>.XXXXXXXX.tmp``;
+ones left by a killed process are removed the next time the same target is written.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import stat
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+from facetrain.errors import FacetrainError, OutputError
+
+_TEMP_SUFFIX = ".tmp"
+_TEMP_RANDOM = r"[a-z0-9_]{8}"  # what tempfile.mkstemp puts between the prefix and the suffix
+
+
+_MAGIC = (
+    (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"), (b"BM", "a BMP image"),
+    (b"P5", "a PGM image"), (b"P6", "a PPM image"), (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"),
+    (b"\x80", "a Python pickle"), (b"\x1f\x8b", "a gzip archive"), (b"\xce\xd7\x23\x0a", "an MXNet RecordIO file"),
+)  # fmt: skip
+TORCHSCRIPT = "an exported TorchScript model (written by facetrain export or torch.jit.save)"
+TORCH_ARCHIVE = "a torch.save archive (a checkpoint or weights file)"
+
+
+def describe(path: str | Path) -> str:
+    """What ``path`` is, as a phrase for a message ("a folder", "a text file", "a PNG image", ...)."""
+    file = Path(path)
+    try:
+        mode = file.stat().st_mode
+        if stat.S_ISDIR(mode):
+            return "a folder"
+        if not stat.S_ISREG(mode):
+            return "not a regular file (a device, pipe or socket)"
+        with file.open("rb") as stream:
+            head = stream.read(4096)
+    except OSError as exc:
+        return f"unreadable ({os_reason(exc)})"
+    if not head:
+        return "an empty file"
+    if head.startswith(b"PK\x03\x04"):
+        return _describe_zip(file)
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:  # text cut inside a character at the 4096-byte mark is still text
+        text = head[: exc.start].decode("utf-8") if exc.start >= len(head) - 3 else None
+    if text is not None and "\x00" not in text:
+        return "a text file"
+    return "a binary file of unknown kind"
+
+
+def _describe_zip(file: Path) -> str:
+    try:
+        with zipfile.ZipFile(file) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return "a damaged or truncated zip archive"
+    if any(name.endswith("/constants.pkl") or "/code/" in name for name in names):
+        return TORCHSCRIPT
+    if any(name.endswith("/data.pkl") or name == "data.pkl" for name in names):
+        return TORCH_ARCHIVE
+    if names and all(name.endswith(".npy") for name in names):
+        return "a NumPy .npz archive"
+    return "a zip archive"
+
+
+def require_file(
+    path: str | Path, error: type[FacetrainError], what: str, fix: str, look_for: tuple[str, ...] = ()
+) -> Path:
+    """``path`` if it is a regular file; else one ``error`` line saying what it is instead.
+
+    ``look_for``: file names to suggest when ``path`` is a folder that holds one of them.
+    """
+    file = Path(path)
+    if file.is_dir():
+        inside = [file / name for name in look_for if (file / name).is_file()]
+        hint = f"did you mean '{inside[0]}'?" if inside else fix
+        raise error(f"{what} '{file}' is a folder, not a file: {hint}")
+    if not file.exists():
+        broken = " (a link to a missing file)" if file.is_symlink() else ""
+        raise error(f"{what} '{file}' not found{broken}: {fix}")
+    if not file.is_file():
+        raise error(f"{what} '{file}' is {describe(file)}: {fix}")
+    return file
+
+
+def require_folder(path: str | Path, error: type[FacetrainError], what: str, fix: str) -> Path:
+    """``path`` if it is a folder; else one ``error`` line saying what it is instead."""
+    folder = Path(path)
+    if folder.is_dir():
+        return folder
+    if folder.exists():
+        raise error(f"{what}: '{folder}' is {describe(folder)}, not a folder: {fix}")
+    broken = " (a link to a missing folder)" if folder.is_symlink() else ""
+    raise error(f"{what}: folder '{folder}' does not exist{broken}: {fix}")
+
+
+def output_path(path: str | Path, option: str, inputs: tuple[str | Path | None, ...] = ()) -> Path:
+    """The target of ``option``, checked before any long computation: not a folder, its folder writable.
+
+    ``inputs``: files the command reads, which the output must never replace.
+    """
+    target = Path(path)
+    for source in inputs:
+        if source is not None and _same_file(target, Path(source)):
+            raise OutputError(f"{option}: '{target}' is also an input of this command: write to another path")
+    if target.is_dir():
+        raise OutputError(f"{option}: '{target}' is a folder: give a file name, e.g. {target / target.name}")
+    folder = target.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        problem = f"cannot create the folder '{folder}' ({os_reason(exc)})"
+        raise OutputError(f"{option}: {problem}: choose another path") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        why = "read-only file system" if _read_only(folder) else "permission denied"
+        raise OutputError(f"{option}: cannot write into '{folder}' ({why}): choose a folder you can write to")
+    return target
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def open_temp_stream(handle: int) -> BinaryIO:
+    """The binary stream a temp file is written through (tests replace it to inject faults)."""
+    return os.fdopen(handle, "wb")
+
+
+def write_stream(path: str | Path, write: Callable[[BinaryIO], object], option: str, intact: str = "") -> Path:
+    """Writes ``path`` atomically through ``write(stream)``; ``intact`` names the kept file on failure."""
+    with atomic_write(path, option, intact) as temp, open_temp_stream(os.open(temp, os.O_WRONLY)) as stream:
+        write(stream)
+        stream.flush()
+    return Path(path)
+
+
+def write_text(path: str | Path, text: str, option: str) -> Path:
+    return write_stream(path, lambda stream: stream.write(text.encode("utf-8")), option)
+
+
+@contextmanager
+def atomic_write(path: str | Path, option: str, intact: str = "") -> Iterator[Path]:
+    """Yields a temp path beside ``path``; on success fsyncs it and renames it over ``path``.
+
+    On any failure the temp file is removed and the target is untouched. An OSError (full disk,
+    permissions) becomes one ``OutputError`` line; a Ctrl-C stays a KeyboardInterrupt even where a
+    C++ writer (torch's zip writer) wrapped it in a RuntimeError.
+    """
+    target = output_path(path, option)
+    remove_stale_temps(target)
+    temp = None
+    try:
+        handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=_TEMP_SUFFIX)
+        os.close(handle)
+        temp = Path(name)
+        yield temp
+        with open(temp, "rb+") as stream:  # on disk before the rename, so a crash leaves no torn file
+            os.fsync(stream.fileno())
+        os.chmod(temp, _usual_file_mode())  # mkstemp creates 0600
+        os.replace(temp, target)
+    except BaseException as exc:
+        if temp is not None:
+            temp.unlink(missing_ok=True)
+        _translate(exc, target, option, intact)
+        raise
+
+
+def remove_stale_temps(target: str | Path) -> tuple[int, int]:
+    """Removes ``.<name>.XXXXXXXX.tmp`` files beside ``target`` (left by a killed writer): (count, bytes)."""
+    target = Path(target)
+    pattern = re.compile(re.escape(f".{target.name}.") + _TEMP_RANDOM + re.escape(_TEMP_SUFFIX))
+    count = size = 0
+    try:
+        candidates = list(target.parent.iterdir()) if target.parent.is_dir() else []
+    except OSError:
+        return 0, 0
+    for candidate in candidates:
+        if pattern.fullmatch(candidate.name) and candidate.is_file() and not candidate.is_symlink():
+            try:
+                bytes_ = candidate.stat().st_size
+                candidate.unlink()
+            except OSError:
+                continue  # not ours to remove after all (permissions): leave it
+            count, size = count + 1, size + bytes_
+    return count, size
+
+
+def _translate(exc: BaseException, target: Path, option: str, intact: str) -> None:
+    """Raises the one-line form of a failed write, or returns to let ``exc`` propagate as it is."""
+    cause = _root_cause(exc)
+    if isinstance(cause, KeyboardInterrupt) and cause is not exc:
+        raise type(cause)() from None  # torch's zip writer wrapped the Ctrl-C in a RuntimeError
+    if not isinstance(cause, OSError):
+        return
+    if cause.errno in (errno.ENOSPC, errno.EDQUOT):
+        problem = f"the disk is full (no space left in '{target.parent}')"
+        fix = f"free some space there, or choose another {option}"
+    else:
+        problem = os_reason(cause)
+        fix = f"choose a {option} you can write to"
+    kept = intact or (f"the previous '{target}' is intact" if target.exists() else "nothing was written")
+    raise OutputError(f"{option}: cannot write '{target}': {problem}: {fix}; {kept}") from None
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The KeyboardInterrupt or OSError a wrapper exception hides in its context chain, else ``exc``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, (KeyboardInterrupt, OSError)):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return exc
+
+
+def os_reason(exc: OSError) -> str:
+    """An OSError's cause in a few lower-case words: permission denied, file name too long."""
+    if exc.errno == errno.EROFS:
+        return "read-only file system"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return (exc.strerror or type(exc).__name__).lower()
+
+
+def _read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _usual_file_mode() -> int:
+    """0666 less the umask: what ``open()`` would give."""
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return 0o666 & ~mask
