@@ -124,7 +124,7 @@ def output_path(path: str | Path, option: str, inputs: tuple[str | Path | None, 
         if source is not None and _same_file(target, Path(source)):
             raise OutputError(f"{option}: '{target}' is also an input of this command: write to another path")
     if target.is_dir():
-        raise OutputError(f"{option}: '{target}' is a folder: give a file name, e.g. {target / target.name}")
+        raise OutputError(f"{option}: '{target}' is a folder: give a file name (inside it, or anywhere else)")
     folder = target.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)

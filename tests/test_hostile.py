@@ -81,8 +81,9 @@ def world(tmp_path_factory) -> World:
     exported = runner.invoke(app, ["export", "--checkpoint", str(checkpoint), "--out", str(model)])
     assert exported.exit_code == 0, exported.output
     pairs = root / "pairs.txt"
-    pairs.write_text("".join(f"id0{i}/img00.png id0{i}/img01.png 1\nid0{i}/img00.png id0{i + 1}/img00.png 0\n"
-                             for i in range(4)))  # fmt: skip
+    same = [f"faces/id0{i}/img00.png faces/id0{i}/img01.png 1" for i in range(4)]
+    different = [f"faces/id0{i}/img00.png faces/id0{i + 1}/img00.png 0" for i in range(4)]
+    pairs.write_text("\n".join(same + different) + "\n")
     state = load_checkpoint(checkpoint)
     return World(root, faces, config, checkpoint, model, pairs, state)
 
@@ -215,7 +216,16 @@ CASES: dict[str, Case] = {
         lambda w: ["eval", "--checkpoint", str(w.checkpoint), "--device", "tpu9"], ("--device: unknown device 'tpu9'",)
     ),
     "train_device_bogus": Case(
-        lambda w: ["train", "--config", str(w.config), "--device", "tpu9"], ("--device: unknown device",)
+        lambda w: [
+            "train",
+            "--config",
+            str(w.config),
+            "--device",
+            "tpu9",
+            "--set",
+            f"run_dir={w.root / 'cases' / 'dev'}",
+        ],
+        ("--device: unknown device",),
     ),
     # -- thresholds and angles
     "export_threshold_5": Case(
@@ -247,7 +257,15 @@ CASES: dict[str, Case] = {
         "usage",  # typer refuses NaN itself; find_outliers refuses it too, for library callers
     ),
     "eval_batch_size_huge": Case(
-        lambda w: ["eval", "--checkpoint", str(w.checkpoint), "--batch-size", "99999999999999999999"],
+        lambda w: [
+            "eval",
+            "--checkpoint",
+            str(w.checkpoint),
+            "--pairs",
+            str(w.pairs),
+            "--batch-size",
+            "99999999999999999999",
+        ],
         ("--batch-size",),
         "usage",
     ),
@@ -258,7 +276,7 @@ CASES: dict[str, Case] = {
     ),
     "embed_out_is_a_folder": Case(
         lambda w: ["embed", "--model", str(w.model), "--images", str(w.faces), "--out", str(w.faces)],
-        ("--out", "is a folder: give a file name"),
+        ("--out: '", "is a folder: give a file name"),
     ),
     "pairs_out_under_a_file": Case(
         lambda w: ["pairs", "--root", str(w.faces), "--out", str(w.config / "p.txt")],
@@ -339,7 +357,17 @@ CASES: dict[str, Case] = {
         check("data.min_images_per_identity=1000"), ("lower data.min_images_per_identity",), "problem"
     ),
     "eval_folds_huge": Case(
-        lambda w: ["eval", "--checkpoint", str(w.checkpoint), "--folds", "99999999999999999999"], ("--folds",), "usage"
+        lambda w: [
+            "eval",
+            "--checkpoint",
+            str(w.checkpoint),
+            "--pairs",
+            str(w.pairs),
+            "--folds",
+            "99999999999999999999",
+        ],
+        ("--folds",),
+        "usage",
     ),
     "embed_workers_huge": Case(
         lambda w: embed(w, "--workers", "100000"),

@@ -67,8 +67,9 @@ def check_moved(resume: Path, run_dir: str, overrides: list[str]) -> None:
         return
     here, saved = resume.resolve().parent, Path(run_dir).resolve()
     if here != saved:
+        relative = "" if Path(run_dir).is_absolute() else f" (from here, '{saved}')"
         raise ConfigError(
-            f"checkpoint '{resume}' was saved with run_dir '{run_dir}' (here '{saved}'), not its own folder "
+            f"checkpoint '{resume}' was saved with run_dir '{run_dir}'{relative}, not its own folder "
             f"'{here}': add --set run_dir={resume.parent} to continue there, or --set run_dir={run_dir}"
         )
 
