@@ -7,6 +7,7 @@ renamed over the old one, so a crash or Ctrl-C mid-save leaves the last good fil
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from pathlib import Path
@@ -145,8 +146,9 @@ def _resume_field_problems(state: dict[str, Any]) -> list[tuple[str, str]]:
          and isinstance(state["rng"].get("torch"), torch.Tensor) and state["rng"]["torch"].dtype == torch.uint8,
          "must hold the python and torch random states"),
         ("best_value", state.get("best_value") is None
-         or (isinstance(state["best_value"], (int, float)) and not isinstance(state["best_value"], bool)),
-         "must be a number or null"),
+         or (isinstance(state["best_value"], (int, float)) and not isinstance(state["best_value"], bool)
+             and math.isfinite(state["best_value"])),
+         "must be a finite number or null"),
     ]  # fmt: skip
     return [(key, f"{why}, got {brief(state.get(key))}") for key, ok, why in rules if not ok]
 

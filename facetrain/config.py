@@ -33,7 +33,10 @@ MAX_CROP = 100_000  # pixels per side of a centre crop
 MAX_BATCH = 65_536
 MAX_COUNT = 100_000_000  # identities (WebFace42M has 2.06M), images per identity
 MAX_STEPS = 1_000_000_000
-MAX_BATCH_INPUT_GB = 32  # one batch of float32 input images, before any activation
+MAX_BATCH_INPUT_GB = 32
+MAX_PROBLEMS = (
+    20  # listed in one config error; the rest are counted  # one batch of float32 input images, before any activation
+)
 HEAD_TYPES = ("arcface", "cosface", "combined", "subcenter_arcface", "curricularface", "adaface", "softmax")
 # The options each head takes, with the default a null value stands for (the paper's setting).
 # Setting an option the chosen head does not take is an error, never silently ignored.
@@ -213,7 +216,10 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
         problems.extend(_cross_checks(config))
     if problems:
         count = f"{len(problems)} problem" + ("s" if len(problems) > 1 else "")
-        lines = "\n".join(f"  {p}" for p in problems)
+        shown = problems[:MAX_PROBLEMS] + (
+            [f"... and {len(problems) - MAX_PROBLEMS} more"] if len(problems) > MAX_PROBLEMS else []
+        )
+        lines = "\n".join(f"  {p}" for p in shown)
         raise ConfigError(f"{source}: {count}:\n{lines}")
     # Null head options become the chosen head's defaults, so saved configs state every value used.
     return dataclasses.replace(config, head=dataclasses.replace(config.head, **head_options(config.head)))

@@ -210,6 +210,8 @@ def remove_stale_temps(target: str | Path) -> tuple[int, int]:
 
 def _translate(exc: BaseException, target: Path, option: str, intact: str) -> None:
     """Raises the one-line form of a failed write, or returns to let ``exc`` propagate as it is."""
+    if isinstance(exc, FacetrainError) or not isinstance(exc, (OSError, RuntimeError)):
+        return  # our own messages, and bugs, pass through as they are
     cause = _root_cause(exc)
     if isinstance(cause, KeyboardInterrupt) and cause is not exc:
         raise type(cause)() from None  # torch's zip writer wrapped the Ctrl-C in a RuntimeError
@@ -233,7 +235,7 @@ def _root_cause(exc: BaseException) -> BaseException:
         if isinstance(current, (KeyboardInterrupt, OSError)):
             return current
         seen.add(id(current))
-        current = current.__cause__ or current.__context__
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
     return exc
 
 

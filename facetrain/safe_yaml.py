@@ -13,17 +13,20 @@ from typing import Any
 
 import yaml
 
-from facetrain.errors import ConfigError
+from facetrain.errors import ConfigError, brief
+from facetrain.files import require_file
 
 # A config has about 60 values; aliases that expand beyond this are refused before they are built.
 MAX_YAML_VALUES = 100_000
+MAX_YAML_BYTES = 10_000_000
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
     if path.is_dir():
         raise ConfigError(f"config '{path}' is a directory: pass a YAML file to --config, e.g. configs/demo.yaml")
-    if not path.is_file():
-        raise ConfigError(f"config file '{path}' not found: pass an existing YAML file to --config")
+    require_file(path, ConfigError, "config file", "pass an existing YAML file to --config")
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise ConfigError(f"config file '{path}' is over {MAX_YAML_BYTES // 1_000_000} MB: not a facetrain config")
     try:
         data = parse_yaml(path.read_text())
     except yaml.YAMLError as exc:
@@ -54,7 +57,7 @@ class _StrictLoader(yaml.SafeLoader):
             if key in seen:
                 mark = key_node.start_mark
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key '{key}' (line {mark.line + 1}): keep only one", mark
+                    None, None, f"duplicate key {brief(key)} (line {mark.line + 1}): keep only one", mark
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)

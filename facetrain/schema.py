@@ -40,7 +40,8 @@ def build(cls: type, raw: Any, prefix: str, problems: list[str], root: type) -> 
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
-            problems.append(f"{prefix}{key}: unknown key{_suggest(prefix, str(key), list(fields), root)}")
+            shown = key if isinstance(key, str) and len(key) <= 60 else brief(key)
+            problems.append(f"{prefix}{shown}: unknown key{_suggest(prefix, str(key)[:60], list(fields), root)}")
     values: dict[str, Any] = {}
     for name, f in fields.items():
         if name not in raw:

@@ -59,9 +59,38 @@ def test_other_failures_keep_their_type(tmp_path):
     def broken(stream):
         raise ValueError("a bug, not the user's disk")
 
+    def ours(stream):
+        try:
+            raise OSError(2, "No such file or directory")
+        except OSError:
+            raise DataError("our own message") from None
+
+    def bug_while_handling(stream):
+        try:
+            raise OSError(2, "No such file or directory")
+        except OSError:
+            raise ValueError("a bug raised while handling an OSError")  # noqa: B904
+
     with pytest.raises(ValueError, match="a bug"):
         files.write_stream(tmp_path / "x.bin", broken, "--out")
+    with pytest.raises(DataError, match="our own message"):
+        files.write_stream(tmp_path / "x.bin", ours, "--out")
+    with pytest.raises(ValueError, match="while handling"):
+        files.write_stream(tmp_path / "x.bin", bug_while_handling, "--out")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_refusal_at_temp_file_creation_is_one_line(tmp_path, monkeypatch):
+    """The read-only case of the issue: os.access says yes (root), creating the temp file says no."""
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / ".x.bin.abcdefgh.tmp"))
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", refuse)
+    with pytest.raises(
+        OutputError, match=r"--out: cannot write '.*x.bin': read-only file system: .*nothing was written"
+    ):
+        files.write_text(tmp_path / "x.bin", "x", "--out")
 
 
 @pytest.mark.parametrize("euid_root", [True, False])

@@ -140,6 +140,11 @@ CASES: dict[str, Case] = {
     "embedding_dim_huge": Case(check("model.embedding_dim=100000000000"), ("model.embedding_dim: must be <= 8192",)),
     "batch_input_too_big": Case(check("train.batch_size=65536", "data.image_size=1024"), ("GiB of input",)),
     "workers_huge": Case(check("data.num_workers=100000"), ("data.num_workers: must be <= 256",)),
+    "projection_too_big": Case(
+        check("model.backbone=resnet50", "data.image_size=1024", "model.pool_size=32", "model.embedding_dim=8192"),
+        ("over the 268M limit: lower model.pool_size or model.embedding_dim",),
+        "problem",
+    ),
     "epochs_huge": Case(check("train.epochs=99999999999999"), ("train.epochs: must be <= 100000",)),
     "head_s_inf": Case(check("head.s=inf"), ("head.s: must be a finite number or null", "'inf'")),
     "empty_root": Case(check("data.root="), ("data.root: needs a value, but it is empty",)),
@@ -404,13 +409,16 @@ def images(w: World) -> list[str]:
 
 
 class _Evil:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
     def __reduce__(self):
-        return (os.system, ("touch /tmp/facetrain_hostile_pwned",))
+        return (os.system, (f"touch {self.marker}",))
 
 
 def torch_save_evil(w: World) -> Path:
     path = w.root / "cases" / "evil.pt"
-    torch.save({"config": _Evil()}, path)
+    torch.save({"config": _Evil(str(w.root / "cases" / "pwned"))}, path)
     return path
 
 
@@ -454,13 +462,17 @@ def test_the_battery_is_forty_cases_or_more():
 # ---------------------------------------------------------------------------------------- alone
 
 
-def test_no_yaml_tag_runs_code(world, tmp_path):
+def test_no_yaml_tag_or_checkpoint_runs_code(world, tmp_path):
     marker = tmp_path / "pwned"
     config = world.file("evil.yaml", EVIL_YAML.format(marker=marker))
     result = runner.invoke(app, ["check", "--config", str(config)])
     assert_one_message(result, Case(lambda w: [], ("could not determine a constructor",)))
     assert not marker.exists()
-    assert not Path("/tmp/facetrain_hostile_pwned").exists()  # the evil checkpoint above never ran either
+    evil = tmp_path / "evil.pt"
+    torch.save({"config": _Evil(str(marker))}, evil)
+    result = runner.invoke(app, ["eval", "--checkpoint", str(evil)])
+    assert_one_message(result, Case(lambda w: [], ("holds Python objects (",)))
+    assert not marker.exists()
 
 
 def test_alias_bomb_is_refused_in_bounded_memory(world):
@@ -564,8 +576,37 @@ def test_overwrite_leaves_nothing_of_the_old_run(world, tmp_path):
     assert "best checkpoint" not in result.stdout
     assert not (run / "best.pt").exists() and not (run / "outliers.tsv").exists()
     assert not (run / "tensorboard" / "events.out.tfevents.1.old").exists()
-    assert "removed the previous run's last.pt, best.pt, config.yaml, outliers.tsv, tensorboard/" in result.stderr
+    assert "set the previous run's last.pt, best.pt, config.yaml, outliers.tsv, tensorboard/" in result.stderr
+    assert not (run / ".previous").exists()  # deleted once the new run wrote its first last.pt
     assert "also holds model.pt" in result.stderr and (run / "model.pt").exists()
+
+
+def test_overwrite_destroys_nothing_when_the_new_run_dies_before_its_first_checkpoint(world, tmp_path, monkeypatch):
+    import errno
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(world.checkpoint.read_bytes())
+    config = tmp_path / "c.yaml"
+    config.write_text(config_text(tmp_path, world.faces, run))
+    monkeypatch.setattr(files, "open_temp_stream", Faulty(OSError(errno.ENOSPC, "No space left on device"), good=1))
+    args = ["train", "--config", str(config), "--overwrite", "--no-progress", "--set", "data.val_identities=0"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "the disk is full" in result.stderr, result.output
+    assert load_checkpoint(run / ".previous" / "last.pt")["step"] == world.state["step"]
+
+
+def test_overwrite_never_removes_the_checkpoint_it_resumes_from(world, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("last.pt", "best.pt"):
+        (run / name).write_bytes((world.checkpoint.parent / name).read_bytes())
+    args = ["train", "--resume", str(run / "best.pt"), "--overwrite", "--no-progress", "--set", f"run_dir={run}"]
+    result = runner.invoke(app, [*args, "--set", "train.epochs=2"])
+    assert result.exit_code == 0, result.output
+    removed = next(line for line in result.stderr.splitlines() if "set the previous run's" in line)
+    assert "last.pt" in removed and "best.pt" not in removed  # resumed from it: kept (or improved on)
+    assert (run / "best.pt").is_file()
 
 
 def test_stale_temp_files_are_swept_on_resume(world, tmp_path):
@@ -592,19 +633,29 @@ def facetrain(*args: str, **kwargs) -> subprocess.Popen:
 
 
 @pytest.mark.parametrize(
-    ("sig", "code", "word"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+    ("sig", "code", "word", "workers"),
+    [
+        (signal.SIGINT, 130, "interrupted", 0),
+        (signal.SIGTERM, 143, "terminated", 0),
+        (signal.SIGTERM, 143, "terminated", 2),
+    ],
+    ids=["SIGINT", "SIGTERM", "SIGTERM-to-the-group-with-workers"],
 )
-def test_a_real_signal_mid_training(world, tmp_path, sig, code, word):
+def test_a_real_signal_mid_training(world, tmp_path, sig, code, word, workers):
     config = tmp_path / "c.yaml"
     config.write_text(config_text(tmp_path, world.faces, tmp_path / "run"))
     last = tmp_path / "run" / "last.pt"
     proc = facetrain("train", "--config", str(config), "--no-progress", "--set", "train.epochs=200",
-                     "--set", "train.checkpoint_every_steps=1", "--set", "data.val_identities=0")  # fmt: skip
+                     "--set", "train.checkpoint_every_steps=1", "--set", "data.val_identities=0",
+                     "--set", f"data.num_workers={workers}", start_new_session=True)  # fmt: skip
     deadline = time.monotonic() + 120
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     time.sleep(0.5)  # into the next steps: the signal may land mid-write, which is the point
-    proc.send_signal(sig)
+    if workers:  # as Slurm's scancel or systemd does: the whole process group, DataLoader workers too
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == code, stderr
     assert word in stderr and "Traceback" not in stderr
@@ -631,7 +682,9 @@ FAULTS = [
     test_full_disk_during_a_checkpoint_write,
     test_overwrite_leaves_nothing_of_the_old_run,
     test_stale_temp_files_are_swept_on_resume,
-    test_no_yaml_tag_runs_code,
+    test_overwrite_never_removes_the_checkpoint_it_resumes_from,
+    test_overwrite_destroys_nothing_when_the_new_run_dies_before_its_first_checkpoint,
+    test_no_yaml_tag_or_checkpoint_runs_code,
     test_alias_bomb_is_refused_in_bounded_memory,
     test_a_read_only_output_folder_is_one_line_for_every_writer,
     test_find_outliers_refuses_a_nan_angle,

@@ -1,7 +1,7 @@
 """The package by stage, and imports that run one way.
 
     cli  →  training, deploy, diagnostics  →  evaluation  →  models  →  data
-         →  config, runtime, checkpoint  →  schema, safe_yaml, files  →  errors
+         →  config, runtime, checkpoint  →  safe_yaml  →  schema, files  →  errors
 
 A module may import its own unit (a wing such as ``facetrain.data``, or a base module such as
 ``facetrain.config``) and any unit of a lower rank; never a higher rank, and never a peer of the
@@ -25,18 +25,18 @@ RANK = {
     "errors": 0,
     "schema": 1,
     "files": 1,
-    "safe_yaml": 1,
-    "config": 2,
-    "runtime": 2,
-    "checkpoint": 2,
-    "data": 3,
-    "models": 4,
-    "evaluation": 5,
-    "training": 6,
-    "deploy": 6,
-    "diagnostics": 6,
-    "cli": 7,
-    "__main__": 8,  # python -m facetrain: runs the CLI
+    "safe_yaml": 2,
+    "config": 3,
+    "runtime": 3,
+    "checkpoint": 3,
+    "data": 4,
+    "models": 5,
+    "evaluation": 6,
+    "training": 7,
+    "deploy": 7,
+    "diagnostics": 7,
+    "cli": 8,
+    "__main__": 9,  # python -m facetrain: runs the CLI
 }
 WINGS = ("data", "models", "evaluation", "training", "deploy", "diagnostics")
 

@@ -8,6 +8,7 @@ keeps its traceback.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import os
@@ -20,6 +21,11 @@ from typing import Any, TextIO
 import typer
 
 from facetrain.errors import FacetrainError, Terminated, brief
+
+# OSErrors that a user's path causes; any other OSError is a bug, or a fault that keeps its traceback.
+_PATH_ERRNOS = frozenset(
+    {errno.ENAMETOOLONG, errno.EACCES, errno.EPERM, errno.ELOOP, errno.ENOTDIR, errno.EROFS, errno.ENOENT}
+)
 
 
 def error_boundary(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -35,7 +41,7 @@ def error_boundary(command: Callable[..., Any]) -> Callable[..., Any]:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
         except OSError as exc:  # about a user's path (too long a name, no permission): theirs to fix
-            if exc.filename is None or os.environ.get("FACETRAIN_DEBUG") == "1":
+            if exc.filename is None or exc.errno not in _PATH_ERRNOS or os.environ.get("FACETRAIN_DEBUG") == "1":
                 raise
             from facetrain.files import os_reason
 
@@ -66,6 +72,9 @@ def _sigterm_as_interrupt() -> Iterator[None]:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
             return
+        # The workers die of the same signal; torch's SIGCHLD handler would turn that into a RuntimeError.
+        # A no-op handler, not SIG_DFL: a SIGCHLD already pending would then be an OSError of its own.
+        signal.signal(signal.SIGCHLD, lambda *_: None)
         raise Terminated()
 
     previous = signal.signal(signal.SIGTERM, handler)

@@ -34,29 +34,37 @@ def load_image(path: str | Path, data: bytes | None = None) -> Image.Image:
     ``data``, when given, holds the encoded image (``path`` then only names it in errors).
     """
     try:
-        with warnings.catch_warnings():  # Pillow's own bomb warning; the size is checked below instead
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            opened = Image.open(io.BytesIO(data) if data is not None else path)
-        with opened as image:
-            width, height = image.size  # from the header: nothing is decoded yet
-            if width * height > MAX_IMAGE_PIXELS:
-                raise DataError(
-                    f"image '{path}' would decode to {width}x{height} pixels ({width * height / 1e6:.0f} Mpx), over "
-                    f"the {MAX_IMAGE_PIXELS / 1e6:.0f} Mpx limit (a decompression bomb, or a photo far larger than "
-                    "a face needs): downscale it, or remove it"
-                )
-            image.load()
-            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-                # 16-bit grey: keep the top 8 bits rather than clipping at 255.
-                image = image.point(lambda v: v / 256).convert("L")
-            return image.convert("RGB")
+        with warnings.catch_warnings():  # Pillow's own warnings (bombs, EXIF, palettes): ours say what matters
+            warnings.simplefilter("ignore")
+            return _decode(Image.open(io.BytesIO(data) if data is not None else path), path)
+    except Image.DecompressionBombError:  # over Pillow's own limit, refused inside Image.open
+        raise DataError(_too_large(path, f"more than {2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} Mpx")) from None
     except FileNotFoundError:
         raise DataError(f"image '{path}' not found: check the path") from None
     except PermissionError:
         raise DataError(f"cannot read image '{path}' (permission denied): check its permissions") from None
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         reason = "not a decodable image" if data is not None else str(exc)  # PIL would print a BytesIO repr
         raise DataError(f"cannot read image '{path}': {reason}: replace or remove the file") from None
+
+
+def _decode(opened: Image.Image, path: str | Path) -> Image.Image:
+    with opened as image:
+        width, height = image.size  # from the header: nothing is decoded yet
+        if width * height > MAX_IMAGE_PIXELS:
+            raise DataError(_too_large(path, f"{width}x{height} pixels ({width * height / 1e6:.0f} Mpx)"))
+        image.load()
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+            # 16-bit grey: keep the top 8 bits rather than clipping at 255.
+            image = image.point(lambda v: v / 256).convert("L")
+        return image.convert("RGB")
+
+
+def _too_large(path: str | Path, size: str) -> str:
+    return (
+        f"image '{path}' would decode to {size}, over the {MAX_IMAGE_PIXELS / 1e6:.0f} Mpx limit (a decompression "
+        "bomb, or a photo far larger than a face needs): downscale it, or remove it"
+    )
 
 
 @dataclass(frozen=True)

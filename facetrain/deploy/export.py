@@ -26,7 +26,7 @@ from facetrain.data import Preprocess
 from facetrain.deploy.deployed import METADATA_NAME, ModelMetadata, check_threshold, load_exported
 from facetrain.errors import CheckpointError, ConfigError, DataError, ShapeError
 from facetrain.evaluation import load_model
-from facetrain.files import atomic_write, output_path
+from facetrain.files import atomic_write, output_path, require_file
 
 log = logging.getLogger("facetrain")
 
@@ -158,13 +158,11 @@ def threshold_from_eval_json(path: str | Path, checkpoint: str | Path | None = N
     embeds one image, whose scores are distributed differently, so the "plain" threshold is the one
     that matches what ``verify_pair`` computes.
     """
-    file = Path(path)
     fix = "give the file written by facetrain eval --json"
+    file = require_file(path, DataError, "eval JSON", fix)
     try:
         payload = json.loads(file.read_text())
         value = payload["sets"][0]["plain"]["threshold"]
-    except FileNotFoundError:
-        raise DataError(f"eval JSON '{file}' not found: {fix}") from None
     except (OSError, ValueError, LookupError, TypeError) as exc:
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         raise DataError(f"'{file}' has no sets[0].plain.threshold ({reason}): {fix}") from None

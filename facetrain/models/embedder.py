@@ -13,6 +13,9 @@ from facetrain.config import ModelConfig
 from facetrain.errors import ShapeError
 from facetrain.models.backbones import create_torchvision, features_of, load_pretrained
 
+# The neck's Linear: resnet50 at 112 px with pool_size 7 and a 512-d embedding has 51M; 1 GB of float32 is 268M.
+MAX_PROJECTION_WEIGHTS = 2**28
+
 
 def feature_shape(backbone: str, image_size: int) -> tuple[int, int, int]:
     """(C, h, w) of the backbone's output for a square input, computed on the meta device."""
@@ -73,6 +76,14 @@ def build_embedder(cfg: ModelConfig, image_size: int) -> Embedder:
         raise ShapeError(
             f"model.pool_size={cfg.pool_size} is larger than the {height}x{width} feature map of "
             f"{cfg.backbone} at data.image_size={image_size}: set model.pool_size <= {min(height, width)}"
+        )
+    weights = channels * cfg.pool_size**2 * cfg.embedding_dim
+    if weights > MAX_PROJECTION_WEIGHTS:  # each key is bounded; their product must be too
+        raise ShapeError(
+            f"model.pool_size={cfg.pool_size} and model.embedding_dim={cfg.embedding_dim} give {cfg.backbone}'s "
+            f"projection {weights / 1e6:,.0f}M weights ({channels}x{cfg.pool_size}x{cfg.pool_size} -> "
+            f"{cfg.embedding_dim}), over the {MAX_PROJECTION_WEIGHTS / 1e6:.0f}M limit: lower model.pool_size "
+            "or model.embedding_dim"
         )
     full = create_torchvision(cfg.backbone)
     if cfg.pretrained:

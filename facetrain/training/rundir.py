@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 from facetrain.errors import ConfigError
@@ -13,6 +14,7 @@ log = logging.getLogger("facetrain")
 # What `facetrain train` writes into run_dir (and `--report-outliers` beside it).
 RUN_FILES = ("last.pt", "best.pt", "config.yaml", "outliers.tsv")
 TENSORBOARD = "tensorboard"
+PREVIOUS = ".previous"  # where --overwrite sets the old run aside until the new one has a checkpoint
 _EVENTS_PREFIX = "events.out.tfevents."
 _SHOWN = 5
 
@@ -35,30 +37,48 @@ def continues(run_dir: Path, resume: Path | None) -> bool:
     return resume is not None and resume.resolve() == (run_dir / "last.pt").resolve()
 
 
-def clear_previous_run(run_dir: Path) -> None:
-    """--overwrite: removes everything an earlier `facetrain train` wrote here; names what else is left.
+def clear_previous_run(run_dir: Path, keep: Path | None = None) -> None:
+    """--overwrite: sets aside everything an earlier `facetrain train` wrote here; names what else is left.
 
-    Called only once the new run's config, data and model are known to be good, so a refused run
-    destroys nothing.
+    The old files move to ``run_dir/.previous/`` and are deleted once this run writes its first
+    last.pt (``forget_previous_run``), so nothing of the old run can be taken for the new one, yet a
+    new run that dies before its first checkpoint has destroyed nothing. Called only once the new
+    run's config, data and model are known to be good. ``keep`` (the checkpoint resumed from, say
+    ``best.pt``) stays where it is.
     """
     if not run_dir.is_dir():
         return
-    removed = [name for name in RUN_FILES if _unlink(run_dir / name)]
+    aside = run_dir / PREVIOUS
+    kept = keep.resolve() if keep is not None else None
+    moved = []
+    for name in RUN_FILES:
+        path = run_dir / name
+        if (path.is_file() or path.is_symlink()) and path.resolve() != kept:
+            aside.mkdir(exist_ok=True)
+            path.replace(aside / name)
+            moved.append(name)
     events = run_dir / TENSORBOARD
-    if events.is_dir():
-        found = [file for file in events.iterdir() if file.name.startswith(_EVENTS_PREFIX) and file.is_file()]
-        for file in found:
-            file.unlink()
-        if found:
-            removed.append(f"{TENSORBOARD}/ ({len(found)} event files)")
-        if not any(events.iterdir()):
-            events.rmdir()
-    if removed:
-        log.info("--overwrite: removed the previous run's %s", ", ".join(removed))
-    others = sorted(entry.name for entry in run_dir.iterdir() if entry.name not in (*RUN_FILES, TENSORBOARD))
+    found = [f for f in events.iterdir() if f.name.startswith(_EVENTS_PREFIX)] if events.is_dir() else []
+    for file in found:
+        (aside / TENSORBOARD).mkdir(parents=True, exist_ok=True)
+        file.replace(aside / TENSORBOARD / file.name)
+    if found:
+        moved.append(f"{TENSORBOARD}/ ({len(found)} event files)")
+    if moved:
+        log.info(
+            "--overwrite: set the previous run's %s aside in %s (deleted when this run writes its first last.pt)",
+            ", ".join(moved), aside,
+        )  # fmt: skip
+    ours = (*RUN_FILES, TENSORBOARD, PREVIOUS)
+    others = sorted(entry.name for entry in run_dir.iterdir() if entry.name not in ours)
     if others:
         shown = ", ".join(others[:_SHOWN]) + (f" and {len(others) - _SHOWN} more" if len(others) > _SHOWN else "")
         log.warning("--overwrite: '%s' also holds %s, not written by this run (left as they are)", run_dir, shown)
+
+
+def forget_previous_run(run_dir: Path) -> None:
+    """Deletes the files --overwrite set aside, now that this run has a checkpoint of its own."""
+    shutil.rmtree(run_dir / PREVIOUS, ignore_errors=True)
 
 
 def check_moved(resume: Path, run_dir: str, overrides: list[str]) -> None:
@@ -82,10 +102,3 @@ def sweep_stale_temps(run_dir: Path) -> None:
         count, size = count + found, size + bytes_
     if count:
         log.info("run_dir: removed %d temporary file(s) (%.1f MB) left by an interrupted write", count, size / 1e6)
-
-
-def _unlink(path: Path) -> bool:
-    if path.is_file() or path.is_symlink():
-        path.unlink()
-        return True
-    return False

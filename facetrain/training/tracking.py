@@ -2,24 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+log = logging.getLogger("facetrain")
+
 
 class TensorBoard:
-    """A SummaryWriter created on first use, so importing facetrain stays light."""
+    """A SummaryWriter created on first use, so importing facetrain stays light.
+
+    Events are a side channel: when they cannot be written (a full disk), one warning says so and
+    logging stops; training goes on, and a checkpoint that cannot be written stops it with its own message.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self._writer = None
+        self._failed = False
 
     def scalars(self, values: dict[str, float], step: int) -> None:
-        writer = self._writer_or_new()
-        for name, value in values.items():
-            writer.add_scalar(name, value, step)
+        with self._guard() as writer:
+            for name, value in values.items():
+                writer.add_scalar(name, value, step)
 
     def figure(self, tag: str, figure: Any, step: int) -> None:
         """Logs a matplotlib Figure as an image (rendered with Agg; no pyplot)."""
@@ -29,7 +39,28 @@ class TensorBoard:
         canvas = FigureCanvasAgg(figure)
         canvas.draw()
         pixels = np.asarray(canvas.buffer_rgba())[..., :3]  # (H, W, 3) uint8
-        self._writer_or_new().add_image(tag, pixels, step, dataformats="HWC")
+        with self._guard() as writer:
+            writer.add_image(tag, pixels, step, dataformats="HWC")
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[Any]:
+        writer: Any = _Discard()
+        if not self._failed:
+            try:
+                writer = self._writer_or_new()
+            except OSError as exc:
+                self._fail(exc)
+        try:
+            yield writer
+        except OSError as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: OSError) -> None:
+        self._failed = True
+        log.warning(
+            "TensorBoard: cannot write events to '%s' (%s): TensorBoard logging stops here, training goes on",
+            self.folder, exc.strerror or exc,
+        )  # fmt: skip
 
     def _writer_or_new(self) -> Any:
         if self._writer is None:
@@ -40,8 +71,16 @@ class TensorBoard:
 
     def close(self) -> None:
         if self._writer is not None:
-            self._writer.close()
+            with contextlib.suppress(OSError):  # events that could not be flushed are lost, nothing else
+                self._writer.close()
             self._writer = None
+
+
+class _Discard:
+    """Stands in for the writer once it has failed."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
 
 
 class Meter:

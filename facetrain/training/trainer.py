@@ -36,7 +36,14 @@ from facetrain.runtime import (
 )
 from facetrain.training.monitor import Evaluation, Monitor
 from facetrain.training.optim import WarmupDecay, apply_hyperparameters, build_optimizer
-from facetrain.training.rundir import check_moved, check_run_dir, clear_previous_run, continues, sweep_stale_temps
+from facetrain.training.rundir import (
+    check_moved,
+    check_run_dir,
+    clear_previous_run,
+    continues,
+    forget_previous_run,
+    sweep_stale_temps,
+)
 from facetrain.training.tracking import Meter, TensorBoard
 
 log = logging.getLogger("facetrain")
@@ -100,9 +107,9 @@ class Trainer:
         self.best_value: float | None = None
         if self.resume_path:
             self._load(self.resume_path)
-        if self.overwrite and not continues(self.run_dir, self.resume_path):
-            clear_previous_run(self.run_dir)  # only now: a run refused above destroys nothing
         sweep_stale_temps(self.run_dir)
+        if self.overwrite and not continues(self.run_dir, self.resume_path):
+            clear_previous_run(self.run_dir, keep=self.resume_path)  # only now: a refused run destroys nothing
         write_text(self.run_dir / "config.yaml", dump_config(cfg), "run_dir")
         log.info(
             "model: %s -> %s embedding, %s head over %d classes; device %s, amp %s; %d steps/epoch",
@@ -277,7 +284,9 @@ class Trainer:
         }
 
     def save(self) -> Path:
-        return save_checkpoint(self.state(), self.checkpoint_path, self._last_checkpoint_note())
+        path = save_checkpoint(self.state(), self.checkpoint_path, self._last_checkpoint_note())
+        forget_previous_run(self.run_dir)  # what --overwrite set aside: this run has a checkpoint of its own now
+        return path
 
     def _load(self, path: Path) -> None:
         state = self.resume_state if self.resume_state is not None else load_checkpoint(path)
@@ -296,17 +305,17 @@ class Trainer:
             self.head.load_state_dict(state["head"])
             self.optimizer.load_state_dict(state["optimizer"])
             apply_hyperparameters(self.optimizer, self.config.train)
+            self.scheduler.load_state_dict(state["scheduler"])
+            if state["scaler"]:
+                self.scaler.load_state_dict(state["scaler"])
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
             reason = str(exc).strip().splitlines()[0]
             raise CheckpointError(f"checkpoint '{path}' does not fit this model ({reason}): start a new run") from None
-        self.scheduler.load_state_dict(state["scheduler"])
-        if state["scaler"]:
-            self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
         self.best_value = state.get("best_value")
         try:
             set_rng_state(state["rng"])  # last, after everything that draws random numbers while building
-        except (RuntimeError, TypeError, ValueError, KeyError):
+        except Exception:  # any malformed random state; the types were checked in check_resume_fields
             raise CheckpointError(
                 f"checkpoint '{path}' is damaged: rng does not hold valid random states: resume from another "
                 "checkpoint, or start a new run without --resume"
