@@ -262,15 +262,7 @@ CASES: dict[str, Case] = {
         "usage",  # typer refuses NaN itself; find_outliers refuses it too, for library callers
     ),
     "eval_batch_size_huge": Case(
-        lambda w: [
-            "eval",
-            "--checkpoint",
-            str(w.checkpoint),
-            "--pairs",
-            str(w.pairs),
-            "--batch-size",
-            "99999999999999999999",
-        ],
+        lambda w: evaluate(w, "--batch-size", "99999999999999999999"),
         ("--batch-size",),
         "usage",
     ),
@@ -362,15 +354,7 @@ CASES: dict[str, Case] = {
         check("data.min_images_per_identity=1000"), ("lower data.min_images_per_identity",), "problem"
     ),
     "eval_folds_huge": Case(
-        lambda w: [
-            "eval",
-            "--checkpoint",
-            str(w.checkpoint),
-            "--pairs",
-            str(w.pairs),
-            "--folds",
-            "99999999999999999999",
-        ],
+        lambda w: evaluate(w, "--folds", "99999999999999999999"),
         ("--folds",),
         "usage",
     ),
@@ -380,6 +364,10 @@ CASES: dict[str, Case] = {
         "usage",
     ),
 }
+
+
+def evaluate(w: World, *extra: str) -> list[str]:
+    return ["eval", "--checkpoint", str(w.checkpoint), "--pairs", str(w.pairs), *extra]
 
 
 def embed(w: World, *extra: str) -> list[str]:
