@@ -33,10 +33,8 @@ MAX_CROP = 100_000  # pixels per side of a centre crop
 MAX_BATCH = 65_536
 MAX_COUNT = 100_000_000  # identities (WebFace42M has 2.06M), images per identity
 MAX_STEPS = 1_000_000_000
-MAX_BATCH_INPUT_GB = 32
-MAX_PROBLEMS = (
-    20  # listed in one config error; the rest are counted  # one batch of float32 input images, before any activation
-)
+MAX_BATCH_INPUT_GB = 32  # one batch of float32 input images, before any activation
+MAX_PROBLEMS = 20  # listed in one config error; the rest are counted
 HEAD_TYPES = ("arcface", "cosface", "combined", "subcenter_arcface", "curricularface", "adaface", "softmax")
 # The options each head takes, with the default a null value stands for (the paper's setting).
 # Setting an option the chosen head does not take is an error, never silently ignored.

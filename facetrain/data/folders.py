@@ -40,10 +40,10 @@ def scan_identities(root: str | Path, key: str = "data.root") -> list[Identity]:
         for path in sorted(sub.iterdir()):
             if path.name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS:
                 continue
-            if path.is_symlink() and not path.exists():
-                bad_links.append(path)
-            elif path.is_file():
+            if path.is_file():  # one stat for an ordinary image; links are looked at only when it fails
                 images.append(path)
+            elif path.is_symlink() and not path.exists():
+                bad_links.append(path)
         if images:
             identities.append((sub.name, images))
     if bad_links:
