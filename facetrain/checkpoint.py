@@ -43,7 +43,9 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, intact: str = "") -
     return write_stream(path, lambda stream: torch.save(payload, stream), "run_dir", intact)
 
 
-def read_tensors(file: Path, error: type[FacetrainError], what: str, fix: str, look_for: tuple[str, ...] = ()) -> Any:
+def read_tensors(
+    file: Path, error: type[FacetrainError], what: str, fix: str, look_for: tuple[str, ...] = (), mmap: bool = False
+) -> Any:
     """``torch.load(weights_only=True)`` on CPU; a missing, wrong or unreadable file becomes one ``error`` line.
 
     torch's own advice (re-run with ``weights_only=False``; "your checkpoint file is corrupted") never
@@ -53,7 +55,7 @@ def read_tensors(file: Path, error: type[FacetrainError], what: str, fix: str, l
     try:
         with warnings.catch_warnings():  # torch's pickle-protocol and TorchScript notices: the error says more
             warnings.simplefilter("ignore")
-            return torch.load(file, map_location="cpu", weights_only=True)
+            return torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # any failure to unpickle safely means the file is unusable
         raise error(f"{what} '{file}' cannot be used: {_load_problem(file, exc)}: {fix}") from None
 
@@ -72,11 +74,14 @@ def _load_problem(file: Path, exc: Exception) -> str:
     return f"it is {kind} that is truncated or damaged"
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Reads a facetrain checkpoint with ``weights_only=True`` and checks its layout."""
+def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """Reads a facetrain checkpoint with ``weights_only=True`` and checks its layout.
+
+    ``mmap``: tensors stay in the file until touched (a rank that keeps a slice reads only the slice).
+    """
     file = Path(path)
     fix = "give the path of a last.pt or best.pt written by facetrain train"
-    state = read_tensors(file, CheckpointError, "checkpoint", fix, ("last.pt", "best.pt"))
+    state = read_tensors(file, CheckpointError, "checkpoint", fix, ("last.pt", "best.pt"), mmap)
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint '{file}' holds a {type(state).__name__}, not a facetrain checkpoint")
     require_keys(state, REQUIRED_KEYS, file, "a facetrain checkpoint")
@@ -145,6 +150,10 @@ def _resume_field_problems(state: dict[str, Any]) -> list[tuple[str, str]]:
         ("rng", isinstance(state["rng"], dict) and isinstance(state["rng"].get("python"), (list, tuple))
          and isinstance(state["rng"].get("torch"), torch.Tensor) and state["rng"]["torch"].dtype == torch.uint8,
          "must hold the python and torch random states"),
+        ("world_size", "world_size" not in state or (count(state["world_size"]) and state["world_size"] > 0),
+         "must be a whole number >= 1"),
+        ("samples_in_epoch", "samples_in_epoch" not in state or count(state["samples_in_epoch"]),
+         "must be a whole number >= 0"),
         ("best_value", state.get("best_value") is None
          or (isinstance(state["best_value"], (int, float)) and not isinstance(state["best_value"], bool)
              and math.isfinite(state["best_value"])),

@@ -85,6 +85,9 @@ class ModelConfig:
     embedding_dim: int = option(512, "Size of the face embedding.", ge=2, le=8192)
     pool_size: int = option(1, "Output side of the neck's adaptive average pool (1 = global pool).", ge=1, le=64)
     dropout: float = option(0.0, "Dropout before the projection.", ge=0.0, lt=1.0)
+    sync_bn: bool = option(
+        False, "Multi-process runs: BatchNorm statistics over the global batch (SyncBatchNorm), not each rank's."
+    )
 
 
 @dataclass(frozen=True)
@@ -124,15 +127,26 @@ class HeadConfig:
     num_classes: int | None = option(
         None, "Optional check: must equal the number of training identities found.", ge=2, le=MAX_COUNT
     )
+    sample_rate: float = option(
+        1.0,
+        "Partial FC: each step scores every class in the batch plus random others, this fraction of each "
+        "rank's classes in all (1.0: every class).",
+        gt=0.0,
+        le=1.0,
+    )
 
 
-HEAD_OPTION_NAMES = tuple(f.name for f in dataclasses.fields(HeadConfig) if f.name not in ("type", "num_classes"))
+# Keys of HeadConfig that are not options of a head's margin rule.
+HEAD_SETTINGS = ("type", "num_classes", "sample_rate")
+HEAD_OPTION_NAMES = tuple(f.name for f in dataclasses.fields(HeadConfig) if f.name not in HEAD_SETTINGS)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = option(20, "Passes over the training set.", ge=1, le=100_000)
-    batch_size: int = option(128, "Images per forward pass (per micro-batch).", ge=2, le=MAX_BATCH)
+    batch_size: int = option(
+        128, "Images per forward pass on each rank (global batch: x ranks x grad_accum_steps).", ge=2, le=MAX_BATCH
+    )
     grad_accum_steps: int = option(1, "Micro-batches per optimizer step.", ge=1, le=4096)
     optimizer: Literal["sgd", "adamw"] = option("sgd", "Optimizer.")
     lr: float = option(0.1, "Peak learning rate (reached after warm-up).", gt=0.0)
@@ -151,6 +165,9 @@ class TrainConfig:
         500, "Also write last.pt every N optimizer steps (0 = only at epoch ends).", ge=0, le=MAX_STEPS
     )
     log_every_steps: int = option(10, "TensorBoard scalars every N optimizer steps.", ge=1, le=MAX_STEPS)
+    dist_timeout: int = option(
+        600, "Multi-process runs: seconds a rank waits for the others before it gives up.", ge=10, le=86_400
+    )
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,13 @@ _BRIEF.maxtuple = _BRIEF.maxlist = _BRIEF.maxdict = _BRIEF.maxset = 4
 
 
 class FacetrainError(Exception):
-    """Base class for errors caused by the user's input (config, files, data, checkpoints)."""
+    """Base class for errors caused by the user's input (config, files, data, checkpoints).
+
+    ``shared``: in a multi-process run every rank raises the same error at the same point (it comes
+    from values that every rank holds), so only the main rank shows it.
+    """
+
+    shared = False
 
     def __init__(self, message: str) -> None:
         # DataLoader workers re-raise as ``type(exc)(text_with_worker_traceback)``; keep only
@@ -43,6 +49,12 @@ class ShapeError(FacetrainError):
 
 class TrainingError(FacetrainError):
     """Training cannot go on with these settings (for example, the loss became NaN)."""
+
+
+class PeerFailed(FacetrainError):
+    """Another rank of a multi-process run failed and reported why; this rank exits quietly (code 2)."""
+
+    shared = True
 
 
 class Terminated(KeyboardInterrupt):

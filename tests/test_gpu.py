@@ -42,3 +42,40 @@ def test_head_is_float32_under_cuda_autocast(kind, dtype):
     assert torch.isfinite(logits).all()
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in head.parameters())
+
+
+def _torchrun(tmp_path, processes: int, *options: str):
+    import subprocess
+    import sys
+
+    from conftest import REPO, make_faces
+
+    faces = make_faces(tmp_path / "faces", identities=6, per_identity=8, size=(24, 24))
+    config = tmp_path / "gpu.yaml"
+    config.write_text(
+        f"run_dir: {tmp_path / 'run'}\n"
+        f"data: {{root: {faces}, image_size: 32, num_workers: 0, val_identities: 2}}\n"
+        "model: {backbone: resnet18, embedding_dim: 16}\n"
+        "head: {s: 16.0, m: 0.2}\n"
+        "train: {epochs: 2, batch_size: 4, lr: 0.05, device: cuda, log_every_steps: 1}\n"
+    )
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
+    return subprocess.run(
+        [*command, "-m", "facetrain", "train", "--config", str(config), *options],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )  # fmt: skip
+
+
+def test_world_size_1_nccl_run_on_one_gpu(tmp_path):
+    result = _torchrun(tmp_path, 1)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["world_size"] == 1
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+@pytest.mark.parametrize("sync_bn", [False, True])
+def test_ddp_with_nccl_on_two_gpus(tmp_path, sync_bn):
+    result = _torchrun(tmp_path, 2, "--set", f"model.sync_bn={str(sync_bn).lower()}", "--set", "head.sample_rate=0.5")
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert state["world_size"] == 2 and state["head"]["class_centers"].shape == (4, 16)

@@ -1,7 +1,7 @@
 """The package by stage, and imports that run one way.
 
     cli  →  training, deploy, diagnostics  →  evaluation  →  models  →  data
-         →  config, runtime, checkpoint  →  safe_yaml  →  schema, files  →  errors
+         →  config, runtime, checkpoint, distributed  →  safe_yaml  →  schema, files  →  errors
 
 A module may import its own unit (a wing such as ``facetrain.data``, or a base module such as
 ``facetrain.config``) and any unit of a lower rank; never a higher rank, and never a peer of the
@@ -29,6 +29,7 @@ RANK = {
     "config": 3,
     "runtime": 3,
     "checkpoint": 3,
+    "distributed": 3,  # every collective; no-ops for one process
     "data": 4,
     "models": 5,
     "evaluation": 6,
@@ -156,8 +157,8 @@ def test_every_import_runs_downward(path):
         ("deploy.export", "from facetrain.training import train", "training and deploy are peers"),
         ("training.monitor", "from facetrain.evaluation.pairs import PairList", "from the wing's package"),
         ("evaluation.pairs", "from ..training import train", "upward (training is above evaluation)"),
-        ("data.folders", "import facetrain.distributed", "unknown unit 'distributed'"),
-        ("data.folders", "from facetrain import distributed", "unknown unit 'distributed'"),
+        ("data.folders", "import facetrain.launcher", "unknown unit 'launcher'"),
+        ("data.folders", "from facetrain import launcher", "unknown unit 'launcher'"),
         ("data.folders", "import importlib\nimportlib.import_module('facetrain.training')", "upward"),
         ("data.folders", "__import__('facetrain.models.heads')", "upward (models is above data)"),
         ("data.folders", "import facetrain", "the bare package"),

@@ -3,6 +3,12 @@
 Every command is wrapped by ``error_boundary``: a ``FacetrainError`` becomes one message on stderr
 and exit code 2 (``FACETRAIN_DEBUG=1`` shows the traceback); any other exception is a bug and
 keeps its traceback.
+
+Under torchrun (``RANK`` set) the user reads each message once: an error that every rank raises
+alike (a config error before the process group exists, or one that ``distributed.settle`` agreed
+on) is shown by the main rank (before the group: each machine's first process); an error of one
+rank alone is shown by that rank with its number; an interrupt is announced by the main rank. The
+other ranks log warnings only, prefixed with their rank.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ def error_boundary(command: Callable[..., Any]) -> Callable[..., Any]:
         except FacetrainError as exc:
             if os.environ.get("FACETRAIN_DEBUG") == "1":
                 raise
-            typer.echo(f"error: {exc}", err=True)
+            _say(f"error: {exc}", exc.shared)
             raise typer.Exit(2) from None
         except OSError as exc:  # about a user's path (too long a name, no permission): theirs to fix
             if exc.filename is None or exc.errno not in _PATH_ERRNOS or os.environ.get("FACETRAIN_DEBUG") == "1":
@@ -46,14 +52,42 @@ def error_boundary(command: Callable[..., Any]) -> Callable[..., Any]:
             from facetrain.files import os_reason
 
             name = brief(os.fsdecode(exc.filename))
-            typer.echo(f"error: cannot use {name}: {os_reason(exc)}: check the path and its permissions", err=True)
+            _say(f"error: cannot use {name}: {os_reason(exc)}: check the path and its permissions", shared=False)
             raise typer.Exit(2) from None
         except KeyboardInterrupt as exc:
             what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-            typer.echo(f"{what}: files are replaced atomically, so the last one written is intact", err=True)
+            _say(f"{what}: files are replaced atomically, so the last one written is intact", shared=True)
             raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
 
     return wrapper
+
+
+def _rank() -> int | None:
+    """This process's rank under torchrun, else None."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return None
+    try:
+        return int(os.environ["RANK"])
+    except ValueError:
+        return None
+
+
+def _say(message: str, shared: bool) -> None:
+    """Prints ``message`` once per run (see the module docstring)."""
+    rank = _rank()
+    if rank is None:
+        typer.echo(message, err=True)
+        return
+    group = sys.modules.get("facetrain.distributed")
+    started = group is not None and group.started()
+    if not started:  # before the group: every rank read the same inputs and failed alike
+        if os.environ.get("LOCAL_RANK", "0") == "0":
+            typer.echo(message, err=True)
+    elif shared:
+        if rank == 0:
+            typer.echo(message, err=True)
+    else:
+        typer.echo(message if rank == 0 else f"rank {rank}: {message}", err=True)
 
 
 @contextlib.contextmanager
@@ -98,9 +132,10 @@ class _CurrentStderr(logging.StreamHandler):
 
 def _setup_logging() -> None:
     logger = logging.getLogger("facetrain")
+    rank = _rank()
     if not logger.handlers:
         handler = _CurrentStderr()
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setFormatter(logging.Formatter("%(message)s" if not rank else f"rank {rank}: %(message)s"))
         logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.INFO if not rank else logging.WARNING)  # other ranks: what matters only
     logger.propagate = False

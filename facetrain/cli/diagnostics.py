@@ -64,21 +64,37 @@ def check_command(
     progress: Annotated[
         bool | None, typer.Option("--progress/--no-progress", help="Show a bar while images are decoded.")
     ] = None,
+    world_size: Annotated[
+        int,
+        typer.Option("--world-size", min=1, max=65_536, help="Plan the classifier's memory for this many ranks."),
+    ] = 1,
+    num_classes: Annotated[
+        int | None,
+        typer.Option(
+            "--num-classes", min=2, max=100_000_000, help="Plan for this many identities without reading the data."
+        ),
+    ] = None,
 ) -> None:
-    """Check a config before training: every model stage's shape, the dataset and the pairs lists.
+    """Check a config before training: every model stage's shape, the dataset, the pairs lists, and the
+    classifier's memory per rank.
 
-    Example: facetrain check --config configs/r50.yaml --set data.root=/data/faces/train
+    Example: facetrain check --config configs/r50.yaml --set data.root=/data/faces/train --world-size 8
     """
     from facetrain.config import load_config
-    from facetrain.diagnostics import format_stages, run_check
+    from facetrain.diagnostics import format_plan, format_stages, run_check
 
     report = run_check(
-        load_config(config, list(set_ or [])), progress=sys.stderr.isatty() if progress is None else progress
+        load_config(config, list(set_ or [])),
+        progress=sys.stderr.isatty() if progress is None else progress,
+        world_size=world_size,
+        num_classes=num_classes,
     )
     if report.stages:
         typer.echo(format_stages(report.stages))
     for fact in report.facts:
         typer.echo(fact)
+    if report.plan is not None:
+        typer.echo(format_plan(report.plan))
     for problem in report.problems:
         typer.echo(f"problem: {problem}", err=True)
     if report.problems:

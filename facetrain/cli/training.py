@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -47,11 +48,23 @@ def train(
             help="With --report-outliers: flag outliers over this many degrees from the dominant one (default 75).",
         ),
     ] = None,
+    nproc_per_node: Annotated[
+        str | None,
+        typer.Option(
+            "--nproc-per-node",
+            help="Train with N processes on this machine (auto: one per GPU, else 1), started by torch's elastic "
+            "launcher as torchrun --standalone would. Several machines: use torchrun itself.",
+        ),
+    ] = None,
 ) -> None:
     """Train an embedder with a margin head (head.type) on an identity-folder dataset.
 
     Example: facetrain train --config configs/demo.yaml --set train.epochs=5
     """
+    if nproc_per_node is not None:
+        from facetrain.cli.launch import launch_if_asked
+
+        launch_if_asked(nproc_per_node)  # exits with the workers' code when it started them
     from facetrain.config import load_config
     from facetrain.training import train as run_training
 
@@ -76,6 +89,8 @@ def train(
         output_path(Path(run_config.run_dir) / "outliers.tsv", "--report-outliers")
     show_bar = sys.stderr.isatty() if progress is None else progress
     result = run_training(cfg, resume=resume, overrides=overrides, overwrite=overwrite, progress=show_bar)
+    if os.environ.get("RANK", "0") != "0":
+        return  # the main rank reports the run, and writes the outlier report
     typer.echo(f"checkpoint: {result.checkpoint} (epoch {result.epochs_done}, step {result.steps_done})")
     if result.best is not None:
         typer.echo(f"best checkpoint: {result.best}")

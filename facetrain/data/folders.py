@@ -110,24 +110,42 @@ class EpochSampler(Sampler):
 
     The order and augmentation of epoch ``e`` depend only on ``(seed, e)``, so a run resumed
     mid-epoch skips exactly the samples it has seen and sees the rest exactly as before.
+
+    With ``world`` ranks every rank draws the same order, and global batch ``i`` (``world *
+    batch_size`` samples) is cut into ``world`` equal micro-batches, rank ``r`` taking the r-th. Only
+    whole global batches are used, so every rank yields the same number of samples, and the ranks
+    together see exactly what one process with batch ``world * batch_size`` sees. ``start`` counts
+    samples of the epoch already used (by every rank together).
     """
 
-    def __init__(self, size: int, seed: int, hflip: bool) -> None:
+    def __init__(self, size: int, seed: int, hflip: bool, batch_size: int = 1, rank: int = 0, world: int = 1) -> None:
         self.size, self.seed, self.hflip = size, seed, hflip
+        self.batch_size, self.rank, self.world = batch_size, rank, world
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
 
+    def positions(self) -> Iterator[int]:
+        if self.world == 1:
+            yield from range(self.start, self.size)
+            return
+        span = self.batch_size * self.world
+        for batch in range((self.size - self.start) // span):
+            first = self.start + batch * span + self.rank * self.batch_size
+            yield from range(first, first + self.batch_size)
+
     def __iter__(self) -> Iterator[tuple[int, bool]]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.size, generator=generator).tolist()
         flips = (torch.rand(self.size, generator=generator) < 0.5).tolist()
-        for position in range(self.start, self.size):
+        for position in self.positions():
             yield order[position], self.hflip and flips[position]
 
     def __len__(self) -> int:
-        return self.size - self.start
+        if self.world == 1:
+            return self.size - self.start
+        return (self.size - self.start) // (self.batch_size * self.world) * self.batch_size
 
 
 @dataclass
@@ -224,11 +242,13 @@ def _check_held_out(held_out: list[Identity], training: list[Identity], key: str
 
 
 def train_loader(
-    dataset: FaceDataset, sampler: EpochSampler, batch_size: int, num_workers: int, pin_memory: bool
+    dataset: FaceDataset, sampler: EpochSampler, batch_size: int, num_workers: int, pin_memory: bool, world: int = 1
 ) -> DataLoader:
-    if len(dataset) < batch_size:
+    if len(dataset) < batch_size * world:
+        ranks = f" x {world} ranks = {batch_size * world} (the global batch)" if world > 1 else ""
         raise DataError(
-            f"train.batch_size={batch_size} is larger than the {len(dataset)} training images: lower train.batch_size"
+            f"train.batch_size={batch_size}{ranks} is larger than the {len(dataset)} training images: "
+            "lower train.batch_size"
         )
     return DataLoader(
         dataset,

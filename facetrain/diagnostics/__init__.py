@@ -1,5 +1,6 @@
 """Diagnostics: the pre-flight check of shapes and data, and the noisy-label (outlier) report."""
 
+from facetrain.diagnostics.capacity import format_plan
 from facetrain.diagnostics.check import format_stages, run_check
 from facetrain.diagnostics.outliers import (
     DEFAULT_ANGLE,
@@ -13,6 +14,7 @@ __all__ = [
     "DEFAULT_ANGLE",
     "check_reportable",
     "find_outliers",
+    "format_plan",
     "format_stages",
     "format_summary",
     "run_check",

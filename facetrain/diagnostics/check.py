@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from facetrain.config import Config
 from facetrain.data import Preprocess, num_classes_problem, scan_identities, split_identities
+from facetrain.diagnostics.capacity import ClassifierPlan, plan_classifier
 from facetrain.errors import FacetrainError
 from facetrain.evaluation import read_pairs
 from facetrain.models import build_embedder, build_head, create_torchvision, load_pretrained
@@ -32,6 +33,7 @@ class CheckReport:
     stages: list[Stage] = field(default_factory=list)
     facts: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    plan: ClassifierPlan | None = None
 
 
 def model_stages(config: Config, num_classes: int) -> list[Stage]:
@@ -73,10 +75,26 @@ def _dims(shape: tuple[int, ...]) -> str:
     return "×".join(str(d) for d in shape)
 
 
-def run_check(config: Config, progress: bool = False) -> CheckReport:
-    """Checks the model path, the pretrained weights, the dataset and every pairs list."""
+def run_check(
+    config: Config, progress: bool = False, world_size: int = 1, num_classes: int | None = None
+) -> CheckReport:
+    """Checks the model path, the pretrained weights, the dataset and every pairs list.
+
+    ``num_classes`` plans for that many identities without reading the data (which is not checked).
+    The classifier's memory per rank is planned for ``world_size`` ranks.
+    """
     report = CheckReport()
-    num_classes = _check_data(config, report, progress)
+    if num_classes is None:
+        num_classes = _check_data(config, report, progress, world_size)
+    else:
+        report.facts.append(f"data not read: planning for {num_classes:,} identities (--num-classes)")
+    if num_classes:
+        report.plan = plan_classifier(config, num_classes, world_size)
+        if world_size > num_classes:
+            report.problems.append(
+                f"--world-size {world_size} is more ranks than the {num_classes} training identities: each rank "
+                "holds a slice of the classifier, so use at most as many processes as identities"
+            )
     try:
         report.stages = model_stages(config, num_classes or config.head.num_classes or 0)
     except FacetrainError as exc:
@@ -100,7 +118,7 @@ def run_check(config: Config, progress: bool = False) -> CheckReport:
     return report
 
 
-def _check_data(config: Config, report: CheckReport, progress: bool) -> int | None:
+def _check_data(config: Config, report: CheckReport, progress: bool, world_size: int = 1) -> int | None:
     data = config.data
     try:
         everything = scan_identities(data.root)
@@ -127,12 +145,14 @@ def _check_data(config: Config, report: CheckReport, progress: bool) -> int | No
     problem = num_classes_problem(config.head.num_classes, len(training))
     if problem:
         report.problems.append(problem)
-    batches = sum(len(paths) for _, paths in training) // config.train.batch_size
+    batch = config.train.batch_size * world_size
+    batches = sum(len(paths) for _, paths in training) // batch
+    ranks = f" ({world_size} ranks x {config.train.batch_size})" if world_size > 1 else ""
     if batches == 0:
         report.problems.append(
-            f"train.batch_size={config.train.batch_size} is larger than the training set: lower train.batch_size"
+            f"train.batch_size={config.train.batch_size}{ranks} is larger than the training set: lower train.batch_size"
         )
     else:
-        report.facts.append(f"{batches} batches of {config.train.batch_size} per epoch, "
+        report.facts.append(f"{batches} batches of {batch}{ranks} per epoch, "
                             f"{math.ceil(batches / config.train.grad_accum_steps)} optimizer steps")  # fmt: skip
     return len(training)

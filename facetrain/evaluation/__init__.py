@@ -3,10 +3,11 @@
 from facetrain.evaluation.evaluate import (
     FAR_TARGETS,
     PairsReport,
-    evaluate_set,
+    embed_pairs_images,
     load_model,
     load_pairs_set,
     load_weights,
+    report_pairs,
     run_eval,
     unique_names,
 )
@@ -14,19 +15,21 @@ from facetrain.evaluation.pairgen import write_pairs_file
 from facetrain.evaluation.pairs import PairList, read_pairs
 from facetrain.evaluation.plots import verification_figure
 from facetrain.evaluation.report import format_report, write_json, write_plots
-from facetrain.evaluation.verification import holdout_verification
+from facetrain.evaluation.verification import embed_loader, holdout_metrics
 
 __all__ = [
     "FAR_TARGETS",
     "PairList",
     "PairsReport",
-    "evaluate_set",
+    "embed_loader",
+    "embed_pairs_images",
     "format_report",
-    "holdout_verification",
+    "holdout_metrics",
     "load_model",
     "load_pairs_set",
     "load_weights",
     "read_pairs",
+    "report_pairs",
     "run_eval",
     "unique_names",
     "verification_figure",

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from facetrain.checkpoint import load_checkpoint
 from facetrain.config import Config, PairsSetConfig, config_from_dict, config_to_dict, resolve_config
@@ -118,14 +118,19 @@ def embed_pairs_images(
     batch_size: int = 64,
     num_workers: int = 0,
     flip: bool = True,
+    part: range | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(plain, flip-fused) L2-normalised float32 embeddings of every unique image, (N, D) each.
 
     Fused = normalise(embedding(image) + embedding(mirrored image)), or None without ``flip``. Both
-    come from one forward pass over the batch and its mirror.
+    come from one forward pass over the batch and its mirror. ``part``: only these unique images
+    (one rank's share of a multi-process evaluation).
     """
+    images: Dataset = _Images(pairs, preprocess)
+    if part is not None:
+        images = Subset(images, part)
     loader = DataLoader(
-        _Images(pairs, preprocess), batch_size=batch_size, num_workers=num_workers,
+        images, batch_size=batch_size, num_workers=num_workers,
         pin_memory=device.type == "cuda",
         generator=torch.Generator(),  # keeps the loader off the global RNG (training resumes exactly)
     )  # fmt: skip
@@ -144,6 +149,8 @@ def embed_pairs_images(
                 fused.append(F.normalize(direct + outputs[len(images) :], dim=1).cpu())
     finally:
         embedder.train(was_training)
+    if not plain:  # a rank's share of a tiny list may hold no image
+        plain = fused = [torch.empty(0, getattr(embedder, "embedding_dim", 0))]
     return torch.cat(plain), torch.cat(fused) if flip else None
 
 

@@ -44,14 +44,14 @@ def embed_loader(
             labels.append(batch_labels)
     finally:
         embedder.train(was_training)
+    if not outputs:  # a rank's share of a tiny set may hold no image
+        return torch.empty(0, getattr(embedder, "embedding_dim", 0)), torch.empty(0, dtype=torch.long)
     return torch.cat(outputs), torch.cat(labels)
 
 
-def holdout_verification(
-    embedder: nn.Module, loader: DataLoader, device: torch.device, precision: Precision
-) -> HoldoutResult:
-    """Best-threshold accuracy over all same and different pairs of the held-out identities."""
-    embeddings, labels = embed_loader(embedder, loader, device, precision)
+def holdout_metrics(embeddings: torch.Tensor, labels: torch.Tensor) -> HoldoutResult:
+    """Best-threshold accuracy over all same and different pairs of the held-out identities' embeddings
+    (gathered from every rank in a multi-process run)."""
     scores, is_same = all_pairs(embeddings, labels)
     best = best_threshold(scores, is_same)
     same = int(is_same.sum())

@@ -25,55 +25,37 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from facetrain import distributed
 from facetrain.config import HeadConfig, head_options
-from facetrain.errors import ShapeError
+from facetrain.models.head_math import (
+    additive_angular_margin,
+    angle,
+    check_embedding_dim,
+    fill_rows,
+    put_target,
+    safe_sine,  # noqa: F401  (re-exported: the heads' public math)
+    shard_range,
+)
 
-
-def safe_sine(cosine: torch.Tensor) -> torch.Tensor:
-    """sin(theta) = sqrt(clamp(1 - cos^2, 0, 1)), with a finite gradient at cos = +-1.
-
-    The inner ``where`` keeps sqrt away from 0, where its derivative is infinite; the outer
-    ``where`` restores the exact value 0 there.
-    """
-    squared = torch.clamp(1.0 - cosine * cosine, 0.0, 1.0)
-    positive = squared > 0
-    return torch.where(positive, torch.sqrt(torch.where(positive, squared, torch.ones_like(squared))), 0.0)
-
-
-def angle(cosine: torch.Tensor) -> torch.Tensor:
-    """theta in [0, pi] from cos(theta): atan2(sin, cos), finite gradient everywhere (no acos)."""
-    return torch.atan2(safe_sine(cosine), cosine)
-
-
-def check_embedding_dim(embeddings: torch.Tensor, class_centers: torch.Tensor) -> None:
-    """Turns the ``mat1 and mat2 shapes cannot be multiplied`` failure into a message that says what to fix."""
-    if embeddings.ndim != 2 or embeddings.shape[1] != class_centers.shape[1]:
-        raise ShapeError(
-            f"the head's class centres are {tuple(class_centers.shape)} (rows x embedding_dim) but the "
-            f"embedder gives embeddings of shape {tuple(embeddings.shape)}: model.embedding_dim must equal "
-            f"{class_centers.shape[1]} for this head, or start a new run"
-        )
-
-
-def additive_angular_margin(cosine: torch.Tensor, m: float, easy_margin: bool = False) -> torch.Tensor:
-    """ArcFace's target rule: cos(theta + m), and past theta + m > pi the fallback cos(theta) - m*sin(m).
-
-    The fallback keeps the target decreasing in theta where cos(theta + m) would turn back up.
-    With ``easy_margin`` the margin applies only where cos(theta) > 0, else cos(theta) is kept.
-    """
-    shifted = cosine * math.cos(m) - safe_sine(cosine) * math.sin(m)  # cos(theta + m)
-    if easy_margin:
-        return torch.where(cosine > 0, shifted, cosine)
-    return torch.where(cosine > math.cos(math.pi - m), shifted, cosine - m * math.sin(m))
+Shard = tuple[int, int] | None  # (first class, end class) of a slice of the classifier
 
 
 class MarginHead(nn.Module):
-    """Normalised class centres and float32 cosines; subclasses say how the true class's logit changes."""
+    """Normalised class centres and float32 cosines; subclasses say how the true class's logit changes.
 
-    def __init__(self, embedding_dim: int, num_classes: int, s: float, centers_per_class: int = 1) -> None:
+    ``shard = (first, end)``: this module holds only classes ``first..end-1`` of ``num_classes``
+    (one rank's slice, see ``facetrain.models.sharded``).
+    """
+
+    def __init__(
+        self, embedding_dim: int, num_classes: int, s: float, centers_per_class: int = 1,
+        shard: tuple[int, int] | None = None,
+    ) -> None:  # fmt: skip
         super().__init__()
-        self.class_centers = nn.Parameter(torch.empty(num_classes * centers_per_class, embedding_dim))
-        nn.init.normal_(self.class_centers, std=0.01)
+        first, end = shard_range(num_classes, shard)
+        self.class_centers = nn.Parameter(torch.empty((end - first) * centers_per_class, embedding_dim))
+        fill_rows(self.class_centers, num_classes * centers_per_class, first * centers_per_class,
+                  lambda block, gen: block.normal_(0.0, 0.01, generator=gen))  # fmt: skip
         self.s = s
         self.centers_per_class = centers_per_class
 
@@ -81,31 +63,48 @@ class MarginHead(nn.Module):
     def num_classes(self) -> int:
         return self.class_centers.shape[0] // self.centers_per_class
 
-    def center_cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """(B, D) -> (B, rows) cosine with every centre row, in float32 (at least)."""
+    @property
+    def scale(self) -> float:
+        return self.s
+
+    def center_rows(self, classes: torch.Tensor | None) -> torch.Tensor:
+        """The centre rows of ``classes`` (all rows when None); a class's K sub-centres stay together."""
+        if classes is None:
+            return self.class_centers
+        k = self.centers_per_class
+        rows = classes if k == 1 else (classes[:, None] * k + torch.arange(k, device=classes.device)).flatten()
+        return self.class_centers[rows]
+
+    def center_cosine(self, embeddings: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, D) -> (B, rows) cosine with every centre row (of ``classes``), in float32 (at least)."""
         check_embedding_dim(embeddings, self.class_centers)
         dtype = torch.promote_types(embeddings.dtype, torch.float32)
         with torch.autocast(embeddings.device.type, enabled=False):
             unit = F.normalize(embeddings.to(dtype), dim=1)
             # normalize() returns a new tensor: the parameter itself is never modified.
-            centers = F.normalize(self.class_centers.to(dtype), dim=1)
+            centers = F.normalize(self.center_rows(classes).to(dtype), dim=1)
             return (unit @ centers.t()).clamp(-1.0, 1.0)
 
+    def scores(self, embeddings: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, D) -> (B, classes) margin-free cosines, in float32 (at least)."""
+        return self.center_cosine(embeddings, classes)
+
     def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """(B, D) -> (B, num_classes) cosines, in float32 (at least)."""
-        return self.center_cosine(embeddings)
+        return self.scores(embeddings)
 
     def target(self, target_cos: torch.Tensor) -> torch.Tensor:
         """cos(theta) of the true class (B, 1) -> its margin-adjusted value."""
         raise NotImplementedError
 
-    def logits(self, cosine: torch.Tensor, index: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-        """Unscaled logits: the cosines with the true class's entry replaced by ``target``."""
-        return cosine.scatter(1, index, self.target(cosine.gather(1, index)))
+    def logits(
+        self, cosine: torch.Tensor, index: torch.Tensor, embeddings: torch.Tensor, owned: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Unscaled logits: the cosines with the true class's entry replaced by ``target`` (where ``owned``)."""
+        return put_target(cosine, index, self.target(cosine.gather(1, index)), owned)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (scaled logits with the margin on the true class, plain cosines), both (B, num_classes)."""
-        cosine = self.cosine(embeddings)
+        cosine = self.scores(embeddings)
         with torch.autocast(embeddings.device.type, enabled=False):
             logits = self.logits(cosine, labels.view(-1, 1), embeddings.to(cosine.dtype))
         return logits * self.s, cosine
@@ -120,8 +119,10 @@ class ArcFace(MarginHead):
     ``easy_margin`` the margin applies only where ``cos theta > 0``. Other classes: ``s * cos theta``.
     """
 
-    def __init__(self, embedding_dim: int, num_classes: int, s: float, m: float, easy_margin: bool = False) -> None:
-        super().__init__(embedding_dim, num_classes, s)
+    def __init__(
+        self, embedding_dim: int, num_classes: int, s: float, m: float, easy_margin: bool = False, shard: Shard = None
+    ) -> None:
+        super().__init__(embedding_dim, num_classes, s, shard=shard)
         self.m, self.easy_margin = m, easy_margin
 
     def target(self, target_cos: torch.Tensor) -> torch.Tensor:
@@ -135,8 +136,8 @@ class CosFace(MarginHead):
     True class: ``s * (cos theta - m)``; other classes: ``s * cos theta``. No branch points.
     """
 
-    def __init__(self, embedding_dim: int, num_classes: int, s: float, m: float) -> None:
-        super().__init__(embedding_dim, num_classes, s)
+    def __init__(self, embedding_dim: int, num_classes: int, s: float, m: float, shard: Shard = None) -> None:
+        super().__init__(embedding_dim, num_classes, s, shard=shard)
         self.m = m
 
     def target(self, target_cos: torch.Tensor) -> torch.Tensor:
@@ -159,8 +160,10 @@ class CombinedMargin(MarginHead):
     ``theta`` comes from ``atan2``, never ``acos``.
     """
 
-    def __init__(self, embedding_dim: int, num_classes: int, s: float, m1: float, m2: float, m3: float) -> None:
-        super().__init__(embedding_dim, num_classes, s)
+    def __init__(
+        self, embedding_dim: int, num_classes: int, s: float, m1: float, m2: float, m3: float, shard: Shard = None
+    ) -> None:
+        super().__init__(embedding_dim, num_classes, s, shard=shard)
         self.m1, self.m2, self.m3 = m1, m2, m3
 
     def target(self, target_cos: torch.Tensor) -> torch.Tensor:
@@ -182,18 +185,19 @@ class SubcenterArcFace(MarginHead):
     """
 
     def __init__(
-        self, embedding_dim: int, num_classes: int, s: float, m: float, easy_margin: bool = False, k: int = 3
-    ) -> None:
-        super().__init__(embedding_dim, num_classes, s, centers_per_class=k)
+        self, embedding_dim: int, num_classes: int, s: float, m: float, easy_margin: bool = False, k: int = 3,
+        shard: Shard = None,
+    ) -> None:  # fmt: skip
+        super().__init__(embedding_dim, num_classes, s, centers_per_class=k, shard=shard)
         self.m, self.easy_margin = m, easy_margin
 
-    def subcenter_cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """(B, D) -> (B, num_classes, K) cosine with every sub-centre; row ``c * K + j`` is class c's j-th."""
-        cosine = self.center_cosine(embeddings)
-        return cosine.view(cosine.shape[0], self.num_classes, self.centers_per_class)
+    def subcenter_cosine(self, embeddings: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, D) -> (B, classes, K) cosine with every sub-centre; row ``c * K + j`` is class c's j-th."""
+        cosine = self.center_cosine(embeddings, classes)
+        return cosine.view(cosine.shape[0], -1, self.centers_per_class)
 
-    def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return self.subcenter_cosine(embeddings).amax(dim=2)
+    def scores(self, embeddings: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+        return self.subcenter_cosine(embeddings, classes).amax(dim=2)
 
     def target(self, target_cos: torch.Tensor) -> torch.Tensor:
         return additive_angular_margin(target_cos, self.m, self.easy_margin)
@@ -213,21 +217,29 @@ class CurricularFace(MarginHead):
     and updated before use in training mode only. It is a buffer, so checkpoints carry it.
     """
 
-    def __init__(self, embedding_dim: int, num_classes: int, s: float, m: float, ema_alpha: float) -> None:
-        super().__init__(embedding_dim, num_classes, s)
+    def __init__(
+        self, embedding_dim: int, num_classes: int, s: float, m: float, ema_alpha: float, shard: Shard = None
+    ) -> None:
+        super().__init__(embedding_dim, num_classes, s, shard=shard)
         self.m, self.ema_alpha = m, ema_alpha
         self.register_buffer("t", torch.zeros(()))
 
-    def logits(self, cosine: torch.Tensor, index: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+    def logits(
+        self, cosine: torch.Tensor, index: torch.Tensor, embeddings: torch.Tensor, owned: torch.Tensor | None = None
+    ) -> torch.Tensor:
         target_cos = cosine.gather(1, index)
         target = additive_angular_margin(target_cos, self.m)
+        every_cos, threshold = target_cos.detach(), target.detach()
+        if owned is not None:  # a shard: each sample's true class lives on one rank, which shares its values
+            every_cos = distributed.all_reduce(torch.where(owned, every_cos, 0.0))
+            threshold = distributed.all_reduce(torch.where(owned, threshold, 0.0))
         if self.training:
             with torch.no_grad():
-                self.t.lerp_(target_cos.mean().to(self.t.dtype), self.ema_alpha)
+                self.t.lerp_(every_cos.mean().to(self.t.dtype), self.ema_alpha)
         t = self.t.to(cosine.dtype)
-        hard = cosine > target
+        hard = cosine > threshold
         others = torch.where(hard, cosine * (t + cosine), cosine)
-        return others.scatter(1, index, target)
+        return put_target(others, index, target, owned)
 
 
 class AdaFace(MarginHead):
@@ -246,8 +258,10 @@ class AdaFace(MarginHead):
 
     NORM_MIN, NORM_MAX, EPS = 0.001, 100.0, 0.001
 
-    def __init__(self, embedding_dim: int, num_classes: int, s: float, m: float, h: float, ema_alpha: float) -> None:
-        super().__init__(embedding_dim, num_classes, s)
+    def __init__(
+        self, embedding_dim: int, num_classes: int, s: float, m: float, h: float, ema_alpha: float, shard: Shard = None
+    ) -> None:
+        super().__init__(embedding_dim, num_classes, s, shard=shard)
         self.m, self.h, self.ema_alpha = m, h, ema_alpha
         self.register_buffer("norm_mean", torch.tensor(20.0))
         self.register_buffer("norm_std", torch.tensor(100.0))
@@ -263,31 +277,62 @@ class AdaFace(MarginHead):
         mean, std = self.norm_mean.to(norms.dtype), self.norm_std.to(norms.dtype)
         return (self.h * (norms - mean) / (std + self.EPS)).clamp(-1.0, 1.0)
 
-    def logits(self, cosine: torch.Tensor, index: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-        q = self.quality(embeddings)
+    def logits(
+        self, cosine: torch.Tensor, index: torch.Tensor, embeddings: torch.Tensor, owned: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        q = self.quality(embeddings)  # a shard sees the whole gathered batch, so its statistics match
         theta = angle(cosine.gather(1, index))
         target = torch.cos((theta - self.m * q).clamp(0.0, math.pi)) - (self.m + self.m * q)
-        return cosine.scatter(1, index, target)
+        return put_target(cosine, index, target, owned)
 
 
 class Softmax(nn.Module):
     """Plain linear classifier, ``logits = W x + b`` on the un-normalised embedding: the baseline that
     shows what normalisation and margins buy. No scale, no margin; math in float32 under autocast.
+    Initialised as ``nn.Linear`` is (uniform in +-1/sqrt(embedding_dim)), also when sharded.
     """
 
-    def __init__(self, embedding_dim: int, num_classes: int) -> None:
+    scale = 1.0
+
+    def __init__(self, embedding_dim: int, num_classes: int, shard: Shard = None) -> None:
         super().__init__()
-        self.classifier = nn.Linear(embedding_dim, num_classes)
+        first, end = shard_range(num_classes, shard)
+        layer = nn.Linear(embedding_dim, end - first, device="meta")
+        self.classifier = layer.to_empty(device=torch.get_default_device())  # filled below
+        gain = nn.init.calculate_gain("leaky_relu", math.sqrt(5))  # nn.Linear's own rule
+        bound = math.sqrt(3.0) * gain / math.sqrt(embedding_dim)
+        fill_rows(
+            self.classifier.weight, num_classes, first, lambda block, gen: block.uniform_(-bound, bound, generator=gen)
+        )
+        bias_bound = 1.0 / math.sqrt(embedding_dim)
+        fill_rows(
+            self.classifier.bias,
+            num_classes,
+            first,
+            lambda block, gen: block.uniform_(-bias_bound, bias_bound, generator=gen),
+        )
 
     @property
     def num_classes(self) -> int:
         return self.classifier.out_features
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def scores(self, embeddings: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, D) -> (B, classes) logits in float32 (at least)."""
         check_embedding_dim(embeddings, self.classifier.weight)
+        weight, bias = self.classifier.weight, self.classifier.bias
+        if classes is not None:
+            weight, bias = weight[classes], bias[classes]
         dtype = torch.promote_types(embeddings.dtype, torch.float32)
         with torch.autocast(embeddings.device.type, enabled=False):
-            logits = F.linear(embeddings.to(dtype), self.classifier.weight.to(dtype), self.classifier.bias.to(dtype))
+            return F.linear(embeddings.to(dtype), weight.to(dtype), bias.to(dtype))
+
+    def logits(
+        self, scores: torch.Tensor, index: torch.Tensor, embeddings: torch.Tensor, owned: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return scores
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.scores(embeddings)
         return logits, logits
 
 
@@ -302,6 +347,11 @@ HEADS: dict[str, type[nn.Module]] = {
 }
 
 
-def build_head(cfg: HeadConfig, embedding_dim: int, num_classes: int) -> nn.Module:
-    """The head named by ``cfg.type`` with its options (null ones take the head's defaults)."""
-    return HEADS[cfg.type](embedding_dim, num_classes, **head_options(cfg))
+def build_head(
+    cfg: HeadConfig, embedding_dim: int, num_classes: int, shard: tuple[int, int] | None = None
+) -> nn.Module:
+    """The head named by ``cfg.type`` with its options (null ones take the head's defaults).
+
+    ``shard = (first, end)``: only classes ``first..end-1``, initialised as that slice of the whole head.
+    """
+    return HEADS[cfg.type](embedding_dim, num_classes, **head_options(cfg), shard=shard)

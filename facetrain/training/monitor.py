@@ -1,13 +1,20 @@
-"""Verification during training: configured pairs sets, else all pairs of the held-out identities."""
+"""Verification during training: configured pairs sets, else all pairs of the held-out identities.
+
+In a multi-process run every rank embeds its own share of the unique images; the main rank gathers
+them, computes the metrics and logs them, and every rank receives the numbers that decide best.pt.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.utils.data import Subset
 
+from facetrain import distributed
 from facetrain.config import Config
 from facetrain.data import FaceDataset, Preprocess, eval_loader
 from facetrain.errors import ConfigError
@@ -15,10 +22,12 @@ from facetrain.evaluation import (
     FAR_TARGETS,
     PairList,
     PairsReport,
-    evaluate_set,
+    embed_loader,
+    embed_pairs_images,
     format_report,
-    holdout_verification,
+    holdout_metrics,
     load_pairs_set,
+    report_pairs,
     unique_names,
     verification_figure,
 )
@@ -54,28 +63,40 @@ class Monitor:
         self.sets = list(zip(names, pair_lists, strict=True))
         if self.sets:
             _check_best_metric(config.eval.best_metric, pair_lists[0])
-        self.holdout_loader = None
+        self.holdout_loader, self.holdout_size = None, 0
         if held_out is not None and not self.sets:
             pin = device.type == "cuda"
-            self.holdout_loader = eval_loader(held_out, config.eval.batch_size, config.data.num_workers, pin)
+            self.holdout_size = len(held_out)
+            share = Subset(held_out, _share(len(held_out)))
+            self.holdout_loader = eval_loader(share, config.eval.batch_size, config.data.num_workers, pin)
 
     @property
     def active(self) -> bool:
         return bool(self.sets) or self.holdout_loader is not None
 
     def evaluate(self, embedder: nn.Module, step: int) -> Evaluation:
-        if self.sets:
-            return self._evaluate_sets(embedder, step)
-        return self._evaluate_holdout(embedder, step)
+        """Every rank calls it; the main rank's result holds the reports, the others' only the numbers."""
+        evaluation = self._evaluate_sets(embedder, step) if self.sets else self._evaluate_holdout(embedder, step)
+        if distributed.world_size() == 1:
+            return evaluation  # type: ignore[return-value]
+        shared = distributed.broadcast_object(
+            None if evaluation is None else dataclasses.replace(evaluation, reports=[])
+        )
+        return evaluation if evaluation is not None else shared
 
-    def _evaluate_sets(self, embedder: nn.Module, step: int) -> Evaluation:
+    def _evaluate_sets(self, embedder: nn.Module, step: int) -> Evaluation | None:
         cfg = self.config.eval
-        options = {"folds": cfg.folds, "flip": cfg.flip, "batch_size": cfg.batch_size}
-        options["num_workers"] = self.config.data.num_workers
-        reports = [
-            evaluate_set(embedder, self.preprocess, pairs, self.device, self.precision, name=name, **options)
-            for name, pairs in self.sets
-        ]
+        reports = []
+        for name, pairs in self.sets:
+            plain, fused = embed_pairs_images(
+                embedder, pairs, self.preprocess, self.device, self.precision, cfg.batch_size,
+                self.config.data.num_workers, cfg.flip, part=_share(len(pairs.images)),
+            )  # fmt: skip
+            plain, fused = _join(plain, len(pairs.images)), _join(fused, len(pairs.images))
+            if plain is not None:
+                reports.append(report_pairs(pairs, plain, fused, cfg.folds, name))
+        if not distributed.is_main():
+            return None
         for report in reports:
             self._log_report(report, step)
         first = reports[0]
@@ -87,8 +108,12 @@ class Monitor:
             reports=reports,
         )
 
-    def _evaluate_holdout(self, embedder: nn.Module, step: int) -> Evaluation:
-        result = holdout_verification(embedder, self.holdout_loader, self.device, self.precision)
+    def _evaluate_holdout(self, embedder: nn.Module, step: int) -> Evaluation | None:
+        embeddings, labels = embed_loader(embedder, self.holdout_loader, self.device, self.precision)
+        embeddings, labels = _join(embeddings, self.holdout_size), _join(labels, self.holdout_size)
+        if embeddings is None or labels is None:
+            return None
+        result = holdout_metrics(embeddings, labels)
         self.tensorboard.scalars({"holdout/accuracy": result.accuracy, "holdout/roc_auc": result.auc}, step)
         best = {"accuracy": result.accuracy, "roc_auc": result.auc}.get(self.config.eval.best_metric)
         return Evaluation("held-out all-pairs accuracy", result.accuracy, result.summary(), best)
@@ -108,6 +133,21 @@ class Monitor:
         figure = verification_figure(report.scores, report.is_same, metrics.threshold, title)
         self.tensorboard.figure(f"eval/{report.name}/roc", figure, step)
         log.debug("%s", format_report(report))
+
+
+def _share(count: int) -> range:
+    """This rank's contiguous share of ``count`` images."""
+    return range(*distributed.split(count, distributed.rank(), distributed.world_size()))
+
+
+def _join(part: torch.Tensor | None, count: int) -> torch.Tensor | None:
+    """Every rank's share, in order, on the main rank (None elsewhere, or for None)."""
+    if part is None:
+        return None
+    world = distributed.world_size()
+    return distributed.gather_rows_to_main(
+        part, [len(range(*distributed.split(count, r, world))) for r in range(world)]
+    )
 
 
 def _brief(report: PairsReport) -> str:

@@ -21,10 +21,10 @@ class TensorBoard:
     logging stops; training goes on, and a checkpoint that cannot be written stops it with its own message.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, enabled: bool = True) -> None:
         self.folder = folder
         self._writer = None
-        self._failed = False
+        self._failed = not enabled  # the other ranks of a multi-process run write nothing
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         with self._guard() as writer:

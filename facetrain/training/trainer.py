@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -14,34 +15,31 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from facetrain import distributed
 from facetrain.checkpoint import (
-    check_resumable,
-    check_resume_fields,
-    identity_changes,
     load_checkpoint,
-    save_checkpoint,
 )
-from facetrain.config import Config, config_to_dict, dump_config, head_options, resolve_config
+from facetrain.config import Config, dump_config, resolve_config
 from facetrain.data import EpochSampler, build_datasets, num_classes_problem, train_loader
-from facetrain.errors import CheckpointError, ConfigError, DataError, TrainingError
+from facetrain.errors import ConfigError, TrainingError
 from facetrain.files import write_text
-from facetrain.models import build_embedder, build_head
+from facetrain.models import ShardedHead, build_embedder, build_head
 from facetrain.runtime import (
     autocast,
     resolve_device,
     resolve_precision,
-    rng_state,
     seed_everything,
-    set_rng_state,
 )
+from facetrain.training import parallel
+from facetrain.training.messages import describe_head, first_sentence, format_epoch, log_parallel
 from facetrain.training.monitor import Evaluation, Monitor
-from facetrain.training.optim import WarmupDecay, apply_hyperparameters, build_optimizer
+from facetrain.training.optim import WarmupDecay, build_optimizer
+from facetrain.training.resume import Checkpoints
 from facetrain.training.rundir import (
     check_moved,
     check_run_dir,
     clear_previous_run,
     continues,
-    forget_previous_run,
     sweep_stale_temps,
 )
 from facetrain.training.tracking import Meter, TensorBoard
@@ -63,7 +61,7 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-class Trainer:
+class Trainer(Checkpoints):
     def __init__(
         self,
         config: Config,
@@ -78,16 +76,50 @@ class Trainer:
         self.overwrite = overwrite
         self.progress = progress
         self.epoch = 0  # epochs completed
-        self.batch_in_epoch = 0  # micro-batches completed in the current epoch
+        self.batch_in_epoch = 0  # global micro-batches completed in the current epoch (after ``offset``)
+        self.offset = 0  # samples of the epoch used before a resume on another world size
         self.step = 0  # optimizer steps completed
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
+        """Builds everything; in a multi-process run a failure on any rank stops every rank, reported once."""
         cfg = self.config
         self.run_dir = Path(cfg.run_dir)
         self.checkpoint_path = self.run_dir / "last.pt"
-        check_run_dir(self.run_dir, self.overwrite, self.resume_path)
-        self.device = resolve_device(cfg.train.device)
+        self.best_path = self.run_dir / "best.pt"
+        self.world, self.main = distributed.world_size(), distributed.is_main()
+        error = None
+        try:
+            self._build()
+        except Exception as exc:  # any failure on one rank must stop every rank, not leave them waiting
+            error = exc
+        distributed.settle(error)  # before any collective: DDP's first broadcast is one
+        error = None
+        if self.main:  # files change only once every rank is known to start
+            try:
+                self._prepare_run_dir()
+            except Exception as exc:
+                error = exc
+        distributed.settle(error)
+        self.model = parallel.wrap_embedder(self.embedder, cfg.model.sync_bn, self.device)
+        log.info(
+            "model: %s -> %s embedding, %s head over %d classes; device %s, amp %s; %d steps/epoch",
+            cfg.model.backbone,
+            cfg.model.embedding_dim,
+            describe_head(cfg),
+            self.data.num_classes,
+            self.device,
+            self.precision.name,
+            self.steps_per_epoch,
+        )
+        if self.world > 1 or self.sharded:
+            log_parallel(cfg, self.world, self.data.num_classes, self.head.local_classes)
+
+    def _build(self) -> None:
+        cfg = self.config
+        if self.main:
+            check_run_dir(self.run_dir, self.overwrite, self.resume_path)
+        self.device = distributed.device_for(resolve_device(cfg.train.device))
         self.precision = resolve_precision(cfg.train.amp, self.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
@@ -95,44 +127,54 @@ class Trainer:
         self.data = build_datasets(cfg.data)
         self._check_num_classes()
         self.embedder = build_embedder(cfg.model, cfg.data.image_size).to(self.device)
-        self.head = build_head(cfg.head, cfg.model.embedding_dim, self.data.num_classes).to(self.device)
+        if cfg.model.sync_bn and self.world > 1 and self.device.type != "cuda":
+            raise ConfigError("model.sync_bn: torch's SyncBatchNorm runs on CUDA only: set model.sync_bn: false on CPU")
+        self.sharded = self.world > 1 or cfg.head.sample_rate < 1.0
+        if self.sharded:  # every rank builds its slice of the same head a single process would build
+            self.head: torch.nn.Module = ShardedHead(cfg.head, cfg.model.embedding_dim, self.data.num_classes, cfg.seed)
+        else:
+            self.head = build_head(cfg.head, cfg.model.embedding_dim, self.data.num_classes)
+        self.head = self.head.to(self.device)
         self._setup_loaders()
         self.optimizer = build_optimizer(cfg.train, [self.embedder, self.head])
         warmup = round(cfg.train.warmup_epochs * self.steps_per_epoch)
         self.scheduler = WarmupDecay(self.optimizer, cfg.train, cfg.train.epochs * self.steps_per_epoch, warmup)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.needs_scaler)
-        self.tensorboard = TensorBoard(self.run_dir / "tensorboard")
+        self.scaler = parallel.grad_scaler(self.device, self.precision.needs_scaler)
+        self.tensorboard = TensorBoard(self.run_dir / "tensorboard", enabled=self.main)
         self.monitor = Monitor(cfg, self.data.val, self.device, self.precision, self.tensorboard)
-        self.best_path = self.run_dir / "best.pt"
         self.best_value: float | None = None
+        if self.world > 1:  # ranks share their weights, not their dropout masks
+            torch.manual_seed(cfg.seed * 1_000_003 + distributed.rank() + 1)
         if self.resume_path:
             self._load(self.resume_path)
+
+    def _prepare_run_dir(self) -> None:
         sweep_stale_temps(self.run_dir)
         if self.overwrite and not continues(self.run_dir, self.resume_path):
             clear_previous_run(self.run_dir, keep=self.resume_path)  # only now: a refused run destroys nothing
-        write_text(self.run_dir / "config.yaml", dump_config(cfg), "run_dir")
-        log.info(
-            "model: %s -> %s embedding, %s head over %d classes; device %s, amp %s; %d steps/epoch",
-            cfg.model.backbone,
-            cfg.model.embedding_dim,
-            _describe_head(cfg),
-            self.data.num_classes,
-            self.device,
-            self.precision.name,
-            self.steps_per_epoch,
-        )
+        write_text(self.run_dir / "config.yaml", dump_config(self.config), "run_dir")
 
     def _check_num_classes(self) -> None:
         problem = num_classes_problem(self.config.head.num_classes, self.data.num_classes)
         if problem:
             raise ConfigError(problem)
+        if self.world > self.data.num_classes:
+            raise ConfigError(
+                f"{self.world} ranks but only {self.data.num_classes} training identities: each rank holds a slice "
+                "of the classifier, so start at most as many processes as identities"
+            )
 
     def _setup_loaders(self) -> None:
         cfg = self.config
         pin = self.device.type == "cuda"
-        self.sampler = EpochSampler(len(self.data.train), cfg.seed, cfg.data.hflip)
-        self.loader = train_loader(self.data.train, self.sampler, cfg.train.batch_size, cfg.data.num_workers, pin)
-        self.micro_batches = len(self.data.train) // cfg.train.batch_size
+        self.global_batch = cfg.train.batch_size * self.world
+        self.sampler = EpochSampler(
+            len(self.data.train), cfg.seed, cfg.data.hflip, cfg.train.batch_size, distributed.rank(), self.world
+        )
+        self.loader = train_loader(
+            self.data.train, self.sampler, cfg.train.batch_size, cfg.data.num_workers, pin, self.world
+        )
+        self.micro_batches = len(self.data.train) // self.global_batch
         self.steps_per_epoch = math.ceil(self.micro_batches / cfg.train.grad_accum_steps)
 
     # ------------------------------------------------------------------ fit
@@ -145,6 +187,15 @@ class Trainer:
         except KeyboardInterrupt:
             log.info("interrupted at epoch %d, step %d; %s", self.epoch, self.step, self._last_checkpoint_note())
             raise
+        except RuntimeError as exc:
+            if not distributed.lost_peer(exc):
+                raise
+            timeout = self.config.train.dist_timeout
+            raise TrainingError(
+                f"lost contact with another process of this run at epoch {self.epoch}, step {self.step} (it stopped, "
+                f"was killed, or did not answer within train.dist_timeout={timeout} s): {first_sentence(exc)}; "
+                f"{self._last_checkpoint_note()}"
+            ) from None
         finally:
             self.tensorboard.close()
         result.epochs_done, result.steps_done = self.epoch, self.step
@@ -153,7 +204,7 @@ class Trainer:
     def _fit_epochs(self, result: FitResult, last_epoch: int) -> None:
         with logging_redirect_tqdm(loggers=[log]):
             if self.monitor.active:
-                result.before = self.monitor.evaluate(self.embedder, self.step)
+                result.before = self.evaluate()
                 stage = "before training" if self.step == 0 else f"at resume (epoch {self.epoch})"
                 log.info("verification %s: %s", stage, result.before.detail)
             while self.epoch < last_epoch:
@@ -163,37 +214,37 @@ class Trainer:
                     stats["verification"] = result.after.value
                 self.save()  # after the evaluation, so last.pt knows the best value (resume keeps best.pt right)
                 result.history.append(stats)
-                log.info("epoch %d/%d: %s", self.epoch, self.config.train.epochs, _format(stats))
+                log.info("epoch %d/%d: %s", self.epoch, self.config.train.epochs, format_epoch(stats))
         if self.best_path.exists():
             result.best = self.best_path
 
     def evaluate_and_keep_best(self) -> Evaluation:
         """Runs verification; writes best.pt when ``eval.best_metric`` improves."""
-        evaluation = self.monitor.evaluate(self.embedder, self.step)
+        evaluation = self.evaluate()
         value = evaluation.best_value
         if value is not None and (self.best_value is None or value > self.best_value):
             self.best_value = value
-            save_checkpoint(self.state(), self.best_path, self._last_checkpoint_note())
+            self._write(self.best_path)
             log.info("best.pt: %s %.4f at step %d", self.config.eval.best_metric, value, self.step)
         return evaluation
 
-    def _last_checkpoint_note(self) -> str:
-        if not self.checkpoint_path.exists():
-            return "no checkpoint was written yet"
-        return f"the last good checkpoint is {self.checkpoint_path}: continue with --resume {self.checkpoint_path}"
+    def evaluate(self) -> Evaluation:
+        """Verification of the embedder that is saved: rank 0's (every rank gets the same numbers)."""
+        distributed.broadcast_buffers(self.embedder)  # each rank's BatchNorm statistics moved with its own batch
+        return self.monitor.evaluate(self.embedder, self.step)
 
     def train_epoch(self) -> dict[str, float]:
         cfg = self.config.train
-        self.embedder.train()
+        self.model.train()
         self.head.train()
-        self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch * cfg.batch_size)
+        self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch * self.global_batch + self.offset)
         batches = iter(self.loader)
         epoch_meter, log_meter = Meter(), Meter()
         bar = tqdm(
             total=self.steps_per_epoch,
             initial=math.ceil(self.batch_in_epoch / cfg.grad_accum_steps),
             desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
-            disable=not self.progress,
+            disable=not (self.progress and self.main),
             dynamic_ncols=True,
         )
         with bar:
@@ -212,7 +263,8 @@ class Trainer:
                 if cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0:
                     self.save()
         self.epoch += 1
-        self.batch_in_epoch = 0
+        self.batch_in_epoch, self.offset = 0, 0
+        self.micro_batches = len(self.data.train) // self.global_batch
         stats = epoch_meter.read()
         stats["lr"] = self.scheduler.lr
         return stats
@@ -221,33 +273,50 @@ class Trainer:
         """One optimizer step over ``group`` micro-batches; returns the gradient norm before clipping."""
         cfg = self.config.train
         self.optimizer.zero_grad(set_to_none=True)
-        for _ in range(group):
+        for index in range(group):
             images, labels = next(batches)
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
-            with autocast(self.device, self.precision):
-                embeddings = self.embedder(images)
-            logits, cosine = self.head(embeddings, labels)  # float32 margin math
-            loss = F.cross_entropy(logits, labels)
-            # Each micro-batch has the same size (drop_last), so dividing by the group size
-            # makes the accumulated gradient the mean over the whole group.
-            self.scaler.scale(loss / group).backward()
-            correct = (cosine.argmax(dim=1) == labels).sum()
+            # DDP all-reduces the embedder's gradients once per optimizer step, after the last micro-batch.
+            last = index == group - 1
+            with contextlib.nullcontext() if last or self.model is self.embedder else self.model.no_sync():
+                loss, correct = self.forward_loss(images, labels, self.step * cfg.grad_accum_steps + index)
+                # Each micro-batch has the same size (drop_last), so dividing by the group size
+                # makes the accumulated gradient the mean over the whole group.
+                self.scaler.scale(loss / group).backward()
             for meter in meters:
-                meter.add(loss, correct, len(labels))
+                meter.add(loss, correct, len(labels) * self.world)
         self.scaler.unscale_(self.optimizer)
-        params = [p for group_ in self.optimizer.param_groups for p in group_["params"]]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf"))
+        grad_norm = parallel.clip_gradients(*self._param_lists(), cfg.grad_clip or float("inf"))
         if not self.precision.needs_scaler and not torch.isfinite(grad_norm):
-            raise TrainingError(
+            error = TrainingError(
                 f"the gradient became {grad_norm.item()} at step {self.step + 1} (lr {self.scheduler.lr:.3g}): "
                 f"lower train.lr{'' if cfg.grad_clip else ' or set train.grad_clip'}; {self._last_checkpoint_note()}"
             )
+            error.shared = True  # the norm is global: every rank stops here with this message
+            raise error
         self.scaler.step(self.optimizer)  # skipped by the scaler when fp16 gradients overflowed
         self.scaler.update()
         self.scheduler.step()
         self.step += 1
         return grad_norm
+
+    def forward_loss(self, images: torch.Tensor, labels: torch.Tensor, key: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean loss over the global batch, correct count over the global batch) for one micro-batch."""
+        with autocast(self.device, self.precision):
+            embeddings = self.model(images)
+        if self.sharded:
+            return self.head(embeddings, labels, key)
+        logits, cosine = self.head(embeddings, labels)  # float32 margin math
+        return F.cross_entropy(logits, labels), (cosine.argmax(dim=1) == labels).sum()
+
+    def _param_lists(self) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+        """(parameters every rank holds the same, this rank's own slice of the head)."""
+        params = [p for group_ in self.optimizer.param_groups for p in group_["params"]]
+        if not self.sharded:
+            return params, []
+        own = {id(p) for p in self.head.parameters()}
+        return [p for p in params if id(p) not in own], [p for p in params if id(p) in own]
 
     def _log_step(self, meter: Meter, grad_norm: torch.Tensor, bar: tqdm) -> None:
         stats = meter.read()
@@ -265,63 +334,6 @@ class Trainer:
             self.step,
         )
 
-    # ------------------------------------------------------------------ checkpoints
-    def state(self) -> dict[str, Any]:
-        return {
-            "config": config_to_dict(self.config),
-            "num_classes": self.data.num_classes,
-            "class_names": list(self.data.train.class_names),
-            "embedder": self.embedder.state_dict(),
-            "head": self.head.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
-            "step": self.step,
-            "rng": rng_state(),
-            "best_value": self.best_value,
-        }
-
-    def save(self) -> Path:
-        path = save_checkpoint(self.state(), self.checkpoint_path, self._last_checkpoint_note())
-        forget_previous_run(self.run_dir)  # what --overwrite set aside: this run has a checkpoint of its own now
-        return path
-
-    def _load(self, path: Path) -> None:
-        state = self.resume_state if self.resume_state is not None else load_checkpoint(path)
-        check_resume_fields(state, path)
-        mid_epoch = state["batch_in_epoch"] > 0
-        for line in check_resumable(path, state["config"], config_to_dict(self.config), mid_epoch):
-            log.info("resuming with a changed setting: %s", line)
-        if state["class_names"] != list(self.data.train.class_names):
-            raise DataError(
-                f"checkpoint '{path}' was trained on {len(state['class_names'])} identities, data.root now has "
-                f"{self.data.num_classes}: {identity_changes(state['class_names'], self.data.train.class_names)}: "
-                "resume only on the same training identities, or start a new run"
-            )
-        try:
-            self.embedder.load_state_dict(state["embedder"])
-            self.head.load_state_dict(state["head"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            apply_hyperparameters(self.optimizer, self.config.train)
-            self.scheduler.load_state_dict(state["scheduler"])
-            if state["scaler"]:
-                self.scaler.load_state_dict(state["scaler"])
-        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
-            reason = str(exc).strip().splitlines()[0]
-            raise CheckpointError(f"checkpoint '{path}' does not fit this model ({reason}): start a new run") from None
-        self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
-        self.best_value = state.get("best_value")
-        try:
-            set_rng_state(state["rng"])  # last, after everything that draws random numbers while building
-        except Exception:  # any malformed random state; the types were checked in check_resume_fields
-            raise CheckpointError(
-                f"checkpoint '{path}' is damaged: rng does not hold valid random states: resume from another "
-                "checkpoint, or start a new run without --resume"
-            ) from None
-        log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step)
-
 
 def train(
     config: Config | None,
@@ -332,9 +344,11 @@ def train(
 ) -> FitResult:
     """Trains ``config``; without one, resumes with the config saved in ``resume`` plus ``overrides``.
 
-    The checkpoint to resume is read once, here, and handed to the trainer.
+    The checkpoint to resume is read once, here, and handed to the trainer (memory-mapped under torchrun,
+    so the ranks of a node do not each hold a copy of the whole classifier). Under torchrun the process
+    group lives exactly as long as the run.
     """
-    state = load_checkpoint(resume) if resume else None
+    state = load_checkpoint(resume, mmap=distributed.launched()) if resume else None
     if config is None:
         if state is None:
             raise ConfigError("give a config, or a checkpoint to resume")
@@ -342,23 +356,8 @@ def train(
         raw = copy.deepcopy(state["config"])
         config = resolve_config(raw, overrides or [], source=f"config inside '{resume}'")
         check_moved(Path(resume), config.run_dir, overrides or [])
-    trainer = Trainer(config, resume=resume, overwrite=overwrite, progress=progress, resume_state=state)
-    trainer.setup()
-    return trainer.fit()
-
-
-def _describe_head(cfg: Config) -> str:
-    options = ", ".join(f"{name}={value}" for name, value in head_options(cfg.head).items())
-    return f"{cfg.head.type} ({options})" if options else cfg.head.type
-
-
-def _format(stats: dict[str, float]) -> str:
-    parts = [
-        f"loss {stats['loss']:.3f}",
-        f"train acc {stats['accuracy']:.3f}",
-        f"lr {stats['lr']:.2e}",
-        f"{stats['images_per_sec']:.0f} img/s",
-    ]
-    if "verification" in stats:
-        parts.append(f"verification acc {stats['verification']:.4f}")
-    return ", ".join(parts)
+    device = distributed.device_for(resolve_device(config.train.device))
+    with distributed.process_group(device, config.train.dist_timeout):
+        trainer = Trainer(config, resume=resume, overwrite=overwrite, progress=progress, resume_state=state)
+        trainer.setup()
+        return trainer.fit()

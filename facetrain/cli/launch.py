@@ -1,0 +1,90 @@
+"""``facetrain train --nproc-per-node N``: the same workers torchrun would start, through torch's own launcher.
+
+It is ``torchrun --standalone --nproc-per-node N -m facetrain train ...`` without having to type it:
+torch's elastic agent (``torch.distributed.launcher.api.elastic_launch``) starts the processes,
+picks a free port (rendezvous at localhost:0) and stops every worker when one fails. Nothing of
+the launch itself is facetrain's own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import uuid
+
+import typer
+
+
+def process_count(value: str) -> int:
+    """``auto``: one process per visible GPU, else 1; or a whole number >= 1."""
+    if value == "auto":
+        import torch
+
+        return max(torch.cuda.device_count(), 1)
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1 or count > 1024:
+        raise typer.BadParameter(f"--nproc-per-node: expected a number of processes (1-1024) or auto, got {value!r}")
+    return count
+
+
+def without_option(argv: list[str], option: str) -> list[str]:
+    """``argv`` with ``option VALUE`` and ``option=VALUE`` removed."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            kept.append(arg)
+    return kept
+
+
+def launch(count: int, argv: list[str]) -> int:
+    """Runs ``python -m facetrain ARGV`` as ``count`` workers of one machine; returns the exit code.
+
+    A worker that fails has printed its own message; the agent's report of it is not repeated.
+    """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    # torchrun sets 1 and warns; share the cores out instead, unless the user chose.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // count)))
+    for name in list(logging.root.manager.loggerDict):  # the agent's own notices: the workers say what matters
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=count,
+        run_id=f"facetrain-{uuid.uuid4().hex[:12]}",
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",  # a free port, as torchrun --standalone
+        max_restarts=0,
+        monitor_interval=0.5,
+    )
+    try:
+        elastic_launch(config, sys.executable)("-m", "facetrain", *argv)
+    except ChildFailedError as exc:
+        _, failure = exc.get_first_failure()
+        return failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode  # -9: killed by SIGKILL
+    except SignalException as exc:
+        return 128 + int(exc.sigval)
+    return 0
+
+
+def launch_if_asked(nproc_per_node: str) -> None:
+    """Starts the workers and exits with their code, unless this is one of them or 1 process is asked for."""
+    if "RANK" in os.environ:
+        return  # a worker (or a rank under torchrun): run the command itself
+    count = process_count(nproc_per_node)
+    if count == 1:
+        return
+    if sys.argv[1:2] != ["train"]:  # the workers re-run this command line: it must be this one
+        raise typer.BadParameter("--nproc-per-node works from the command line: use torchrun in a script")
+    raise typer.Exit(launch(count, without_option(sys.argv[1:], "--nproc-per-node")))

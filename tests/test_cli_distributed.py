@@ -1,0 +1,155 @@
+"""Multi-process runs as users start them: torchrun, and ``facetrain train --nproc-per-node``.
+
+Each test starts real processes (2 gloo ranks on CPU), so they are few and small.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, make_faces
+from typer.testing import CliRunner
+
+from facetrain.checkpoint import load_checkpoint
+from facetrain.cli import app
+
+runner = CliRunner()
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def write_config(tmp_path: Path, extra: str = "") -> str:
+    faces = make_faces(tmp_path / "faces", identities=6, per_identity=6, size=(24, 24))
+    path = tmp_path / "tiny.yaml"
+    path.write_text(
+        f"run_dir: {tmp_path / 'run'}\n"
+        f"data: {{root: {faces}, image_size: 32, num_workers: 0, val_identities: 2}}\n"
+        "model: {backbone: resnet18, embedding_dim: 16}\n"
+        "head: {type: subcenter_arcface, s: 16.0, m: 0.2, k: 2}\n"
+        "train: {epochs: 1, batch_size: 4, lr: 0.05, warmup_epochs: 0.5, log_every_steps: 1}\n" + extra
+    )
+    return str(path)
+
+
+def facetrain(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "facetrain", *args], capture_output=True, text=True, cwd=REPO, env=ENV, timeout=timeout
+    )
+
+
+def test_torchrun_two_ranks_trains_once_and_every_command_reads_the_checkpoint(tmp_path):
+    config = write_config(tmp_path)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    result = subprocess.run(
+        [*command, "-m", "facetrain", "train", "--config", config, "--report-outliers"],
+        capture_output=True, text=True, cwd=REPO, env=ENV, timeout=240,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    for start in ("checkpoint: ", "held-out all-pairs accuracy", "outliers: /"):  # from the main rank alone
+        assert sum(line.startswith(start) for line in lines) == 1, result.stdout
+    assert "global batch 8 per optimizer step" in result.stderr
+    assert result.stderr.count("verification before training") == 1
+    assert "rank 1:" not in result.stderr  # the other rank logs warnings only, and there were none
+
+    checkpoint = tmp_path / "run" / "last.pt"
+    state = load_checkpoint(checkpoint)
+    assert state["world_size"] == 2 and state["head"]["class_centers"].shape == (4 * 2, 16)
+    exported, pairs = tmp_path / "model.pt", tmp_path / "pairs.txt"
+    same = [f"id0{i}/img00.png id0{i}/img0{j}.png 1" for i in range(4) for j in (1, 2)]
+    different = [f"id0{i}/img00.png id0{(i + 1) % 4}/img01.png 0" for i in range(4)] * 2
+    pairs.write_text("\n".join(same + different) + "\n")
+    for args in (
+        [
+            "eval",
+            "--checkpoint",
+            str(checkpoint),
+            "--pairs",
+            str(pairs),
+            "--images",
+            str(tmp_path / "faces"),
+            "--folds",
+            "2",
+        ],
+        ["export", "--checkpoint", str(checkpoint), "--out", str(exported)],
+        ["embed", "--model", str(exported), "--images", str(tmp_path / "faces"), "--out", str(tmp_path / "e.npz")],
+        ["outliers", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o.tsv")],
+        ["check", "--config", config, "--world-size", "2"],
+    ):
+        outcome = runner.invoke(app, args)
+        assert outcome.exit_code == 0, (args, outcome.output)
+
+
+def test_config_error_under_nproc_per_node_is_one_line_and_exit_2(tmp_path):
+    result = facetrain("train", "--nproc-per-node", "2", "--config", write_config(tmp_path), "--set", "train.epoch=3")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.count("error:") == 1 and "train.epoch: unknown key" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_error_on_the_main_rank_alone_stops_every_rank_with_one_message(tmp_path):
+    config = write_config(tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "last.pt").write_bytes(b"not ours")  # only rank 0 checks run_dir
+    result = facetrain("train", "--nproc-per-node", "2", "--config", config)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.count("error:") == 1 and "already holds last.pt" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _start(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+    config = write_config(tmp_path, "eval: {sets: []}\n")
+    args = ["--set", "train.epochs=100", "--set", "train.checkpoint_every_steps=1", "--set", "head.type=arcface"]
+    args += ["--set", "head.k=null", "--set", "train.dist_timeout=20"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "facetrain", "train", "--nproc-per-node", "2", "--config", config, *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=ENV, start_new_session=True,
+    )  # fmt: skip
+    checkpoint = tmp_path / "run" / "last.pt"
+    deadline = time.monotonic() + 180
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert checkpoint.exists(), process.communicate(timeout=60)
+    time.sleep(1.0)
+    return process, checkpoint
+
+
+def _workers(parent: int) -> list[int]:
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent:
+                children.append(int(entry.name))
+    return children
+
+
+@pytest.mark.skipif(not Path("/proc").exists(), reason="finds the workers through /proc")
+def test_sigterm_on_the_launcher_stops_every_rank_and_keeps_the_checkpoint(tmp_path):
+    process, checkpoint = _start(tmp_path)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr[-2000:]
+    assert stderr.count("terminated") == 1 and "Traceback" not in stderr
+    assert load_checkpoint(checkpoint)["world_size"] == 2
+
+
+@pytest.mark.skipif(not Path("/proc").exists(), reason="finds the workers through /proc")
+def test_a_killed_rank_makes_the_others_exit(tmp_path):
+    process, checkpoint = _start(tmp_path)
+    workers = _workers(process.pid)
+    assert len(workers) == 2, workers
+    os.kill(max(workers), signal.SIGKILL)
+    _, stderr = process.communicate(timeout=120)  # no hang: the agent and the collective's timeout end it
+    assert process.returncode != 0
+    assert "Traceback" not in stderr
+    assert stderr.count("error:") <= 1
+    assert load_checkpoint(checkpoint)["world_size"] == 2
