@@ -139,7 +139,16 @@ def test_sigterm_on_the_launcher_stops_every_rank_and_keeps_the_checkpoint(tmp_p
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 143, stderr[-2000:]
     assert stderr.count("terminated") == 1 and "Traceback" not in stderr
-    assert load_checkpoint(checkpoint)["world_size"] == 2
+    saved = load_checkpoint(checkpoint)
+    assert saved["world_size"] == 2
+    # Continue it on 3 processes (each reads its slice of the memory-mapped checkpoint) to the next epoch end.
+    more = facetrain(
+        "train", "--nproc-per-node", "3", "--resume", str(checkpoint), "--set", f"train.epochs={saved['epoch'] + 1}"
+    )
+    assert more.returncode == 0, more.stderr[-2000:]
+    assert "the checkpoint was written by 2 processes, this run has 3" in more.stderr
+    final = load_checkpoint(checkpoint)
+    assert (final["world_size"], final["epoch"], final["batch_in_epoch"]) == (3, saved["epoch"] + 1, 0)
 
 
 @pytest.mark.skipif(not Path("/proc").exists(), reason="finds the workers through /proc")

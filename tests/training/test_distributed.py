@@ -109,6 +109,9 @@ def _equivalence_worker(faces: Path, root: Path) -> None:
             _, losses = train_recording(config(faces, root / head, head, batch_size=4))
             if distributed.is_main():
                 (root / f"{head}.json").write_text(json.dumps(losses))
+        _, losses = train_recording(config(faces, root / "accum", batch_size=2, grad_accum_steps=2))
+        if distributed.is_main():
+            (root / "accum.json").write_text(json.dumps(losses))
     _partial_fc_check()
 
 
@@ -202,6 +205,15 @@ def test_two_ranks_match_one_process_with_the_combined_batch(faces, tmp_path):
             for key in expected:
                 assert torch.allclose(got[key], expected[key], atol=1e-5), (head, key)
             assert load_checkpoint(tmp_path / "two" / head / "last.pt")["world_size"] == 2
+        # Accumulating 2 micro-batches of 2 ranks x 2 is one process accumulating 2 micro-batches of 4.
+        _, single = train_recording(config(faces, tmp_path / "one" / "accum", batch_size=4, grad_accum_steps=2))
+        two = json.loads((tmp_path / "two" / "accum.json").read_text())
+        assert len(two) == len(single) == 16 and max(abs(a - b) for a, b in zip(two, single, strict=True)) < 1e-5
+        expected, got = (
+            full_weights(tmp_path / "one" / "accum" / "last.pt"),
+            full_weights(tmp_path / "two" / "accum" / "last.pt"),
+        )
+        assert all(torch.allclose(got[key], expected[key], atol=1e-5) for key in expected)
 
 
 def test_resume_is_exact_on_the_same_world_size_and_reshards_to_1_and_3_ranks(faces, tmp_path):
