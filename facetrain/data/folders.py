@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -241,6 +243,22 @@ def _check_held_out(held_out: list[Identity], training: list[Identity], key: str
         )  # fmt: skip
 
 
+def quiet_worker(worker_id: int) -> None:
+    """``worker_init_fn`` of the training and evaluation loaders: a worker outliving its main process is quiet.
+
+    When Ctrl-C or SIGTERM ends the main process first, a worker's handle-sharing thread
+    (multiprocessing's resource_sharer) finds the connection gone and would print a traceback
+    before the worker itself stops.
+    """
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], value: BaseException, trace: Any) -> None:
+        if not issubclass(kind, (EOFError, ConnectionError)):
+            previous(kind, value, trace)
+
+    sys.excepthook = hook
+
+
 def train_loader(
     dataset: FaceDataset, sampler: EpochSampler, batch_size: int, num_workers: int, pin_memory: bool, world: int = 1
 ) -> DataLoader:
@@ -260,6 +278,7 @@ def train_loader(
         persistent_workers=num_workers > 0,
         # A private generator keeps the loader from drawing on the global RNG.
         generator=torch.Generator().manual_seed(0),
+        worker_init_fn=quiet_worker,
     )
 
 
@@ -271,4 +290,5 @@ def eval_loader(dataset: FaceDataset, batch_size: int, num_workers: int, pin_mem
         num_workers=num_workers,
         pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(0),
+        worker_init_fn=quiet_worker,
     )

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from facetrain.checkpoint import load_checkpoint
 from facetrain.config import Config, PairsSetConfig, config_from_dict, config_to_dict, resolve_config
-from facetrain.data import Preprocess
+from facetrain.data import Preprocess, quiet_worker
 from facetrain.errors import CheckpointError, ConfigError, DataError
 from facetrain.evaluation.metrics import (
     balanced_folds,
@@ -133,6 +133,7 @@ def embed_pairs_images(
         images, batch_size=batch_size, num_workers=num_workers,
         pin_memory=device.type == "cuda",
         generator=torch.Generator(),  # keeps the loader off the global RNG (training resumes exactly)
+        worker_init_fn=quiet_worker,
     )  # fmt: skip
     was_training = embedder.training
     embedder.eval()
