@@ -102,6 +102,11 @@ def split(count: int, part: int, parts: int) -> tuple[int, int]:
     return start, start + base + (1 if part < extra else 0)
 
 
+def piece_sizes(count: int, parts: int) -> list[int]:
+    """The length of every piece of ``split(count, part, parts)``, in order."""
+    return [end - start for start, end in (split(count, part, parts) for part in range(parts))]
+
+
 def broadcast_buffers(module: torch.nn.Module) -> None:
     """The main rank's buffers (BatchNorm running statistics) on every rank."""
     if active():

@@ -57,6 +57,20 @@ def tiny_config(data_root: Path, run_dir: Path, **sections: dict) -> Config:
     return config_from_dict(raw)
 
 
+def write_tiny_yaml(folder: Path, head: str, train: str, per_identity: int = 6, extra: str = "") -> Path:
+    """6 small identities (2 held out) under ``folder/faces`` and ``folder/tiny.yaml`` training on them into
+    ``folder/run``, for tests that run facetrain as a separate process; ``head`` and ``train`` are YAML maps."""
+    faces = make_faces(folder / "faces", identities=6, per_identity=per_identity, size=(24, 24))
+    path = folder / "tiny.yaml"
+    path.write_text(
+        f"run_dir: {folder / 'run'}\n"
+        f"data: {{root: {faces}, image_size: 32, num_workers: 0, val_identities: 2}}\n"
+        "model: {backbone: resnet18, embedding_dim: 16}\n"
+        f"head: {head}\ntrain: {train}\n{extra}"
+    )
+    return path
+
+
 @pytest.fixture
 def faces(tmp_path: Path) -> Path:
     return make_faces(tmp_path / "faces")

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_faces
+from conftest import REPO, write_tiny_yaml
 from typer.testing import CliRunner
 
 from facetrain.checkpoint import load_checkpoint
@@ -24,16 +24,9 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def write_config(tmp_path: Path, extra: str = "") -> str:
-    faces = make_faces(tmp_path / "faces", identities=6, per_identity=6, size=(24, 24))
-    path = tmp_path / "tiny.yaml"
-    path.write_text(
-        f"run_dir: {tmp_path / 'run'}\n"
-        f"data: {{root: {faces}, image_size: 32, num_workers: 0, val_identities: 2}}\n"
-        "model: {backbone: resnet18, embedding_dim: 16}\n"
-        "head: {type: subcenter_arcface, s: 16.0, m: 0.2, k: 2}\n"
-        "train: {epochs: 1, batch_size: 4, lr: 0.05, warmup_epochs: 0.5, log_every_steps: 1}\n" + extra
-    )
-    return str(path)
+    head = "{type: subcenter_arcface, s: 16.0, m: 0.2, k: 2}"
+    train = "{epochs: 1, batch_size: 4, lr: 0.05, warmup_epochs: 0.5, log_every_steps: 1}"
+    return str(write_tiny_yaml(tmp_path, head, train, extra=extra))
 
 
 def facetrain(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:

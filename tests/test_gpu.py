@@ -48,17 +48,10 @@ def _torchrun(tmp_path, processes: int, *options: str):
     import subprocess
     import sys
 
-    from conftest import REPO, make_faces
+    from conftest import REPO, write_tiny_yaml
 
-    faces = make_faces(tmp_path / "faces", identities=6, per_identity=8, size=(24, 24))
-    config = tmp_path / "gpu.yaml"
-    config.write_text(
-        f"run_dir: {tmp_path / 'run'}\n"
-        f"data: {{root: {faces}, image_size: 32, num_workers: 0, val_identities: 2}}\n"
-        "model: {backbone: resnet18, embedding_dim: 16}\n"
-        "head: {s: 16.0, m: 0.2}\n"
-        "train: {epochs: 2, batch_size: 4, lr: 0.05, device: cuda, log_every_steps: 1}\n"
-    )
+    train = "{epochs: 2, batch_size: 4, lr: 0.05, device: cuda, log_every_steps: 1}"
+    config = write_tiny_yaml(tmp_path, "{s: 16.0, m: 0.2}", train, per_identity=8)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
     return subprocess.run(
         [*command, "-m", "facetrain", "train", "--config", str(config), *options],

@@ -86,10 +86,7 @@ class ShardedHead(nn.Module):
     # ------------------------------------------------------------------ checkpoints
     def row_counts(self) -> list[int]:
         """Rows of a row-sharded tensor on each rank, in rank order."""
-        return [
-            (end - first) * self.rows_per_class
-            for first, end in (distributed.split(self.total_classes, r, self.world) for r in range(self.world))
-        ]
+        return [size * self.rows_per_class for size in distributed.piece_sizes(self.total_classes, self.world)]
 
     def full_state(self) -> dict[str, torch.Tensor] | None:
         """The whole head's state dict (the replicated head's keys) on the main rank; None elsewhere.

@@ -144,10 +144,7 @@ def _join(part: torch.Tensor | None, count: int) -> torch.Tensor | None:
     """Every rank's share, in order, on the main rank (None elsewhere, or for None)."""
     if part is None:
         return None
-    world = distributed.world_size()
-    return distributed.gather_rows_to_main(
-        part, [len(range(*distributed.split(count, r, world))) for r in range(world)]
-    )
+    return distributed.gather_rows_to_main(part, distributed.piece_sizes(count, distributed.world_size()))
 
 
 def _brief(report: PairsReport) -> str:

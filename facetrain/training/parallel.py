@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -69,34 +70,43 @@ def grad_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=enabled)
 
 
-def _param_indices(optimizer: torch.optim.Optimizer) -> dict[int, int]:
-    """id(parameter) -> its number in ``optimizer.state_dict()``."""
+def split_params(
+    optimizer: torch.optim.Optimizer, head: ShardedHead | None
+) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(the optimizer's parameters every rank holds alike, this rank's own slice of a sharded head)."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    return {id(param): index for index, param in enumerate(params)}
+    own = set() if head is None else {id(p) for p in head.parameters()}
+    return [p for p in params if id(p) not in own], [p for p in params if id(p) in own]
 
 
-def _row_params(head: ShardedHead) -> list[tuple[str, nn.Parameter]]:
-    return [(name, param) for name, param in head.head.named_parameters() if name in ROW_KEYS]
+def _map_row_state(
+    optimizer: torch.optim.Optimizer, state: dict[str, Any], head: ShardedHead, change: Callable[..., Any]
+) -> dict[str, Any]:
+    """``state`` (an optimizer state dict) with ``change(value, param)`` applied to each state value of the
+    head's row-sharded parameters, in the same order on every rank; ``state`` itself is not modified."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    index_of = {id(param): index for index, param in enumerate(params)}  # as state_dict() numbers them
+    mapped = {**state, "state": dict(state["state"])}
+    for name, param in head.head.named_parameters():
+        index = index_of[id(param)]
+        if name in ROW_KEYS and index in mapped["state"]:
+            entry = mapped["state"][index]
+            mapped["state"][index] = {key: change(entry[key], param) for key in sorted(entry)}
+    return mapped
 
 
 def full_optimizer_state(optimizer: torch.optim.Optimizer, head: ShardedHead) -> dict[str, Any] | None:
     """The optimizer state with each head slice's per-row state joined (main rank; None elsewhere).
 
-    Every rank must call it. The optimizer's own state is never modified.
+    Every rank must call it (each join is a collective). The optimizer's own state is never modified.
     """
-    state = optimizer.state_dict()
-    state["state"] = dict(state["state"])
-    indices = _param_indices(optimizer)
-    for _, param in _row_params(head):
-        index = indices[id(param)]
-        if index not in state["state"]:
-            continue
-        entry = dict(state["state"][index])
-        for name in sorted(entry):  # the same order on every rank: each join is a collective
-            value = entry[name]
-            if isinstance(value, torch.Tensor) and value.shape == param.shape:  # per row, like the parameter
-                entry[name] = distributed.gather_rows_to_main(value, head.row_counts())
-        state["state"][index] = entry
+
+    def join(value: Any, param: nn.Parameter) -> Any:
+        if isinstance(value, torch.Tensor) and value.shape == param.shape:  # per row, like the parameter
+            return distributed.gather_rows_to_main(value, head.row_counts())
+        return value
+
+    state = _map_row_state(optimizer, optimizer.state_dict(), head, join)
     return state if distributed.is_main() else None
 
 
@@ -105,16 +115,9 @@ def load_sharded_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[s
     start, end = head.row_range()
     total = sum(head.row_counts())
 
-    def per_row(value: object, param: nn.Parameter) -> bool:
-        return isinstance(value, torch.Tensor) and value.shape == (total, *param.shape[1:])
+    def cut(value: Any, param: nn.Parameter) -> Any:
+        if isinstance(value, torch.Tensor) and value.shape == (total, *param.shape[1:]):
+            return value[start:end]
+        return value
 
-    state = {**state, "state": dict(state["state"])}
-    indices = _param_indices(optimizer)
-    for _, param in _row_params(head):
-        index = indices[id(param)]
-        if index not in state["state"]:
-            continue
-        state["state"][index] = {
-            name: value[start:end] if per_row(value, param) else value for name, value in state["state"][index].items()
-        }
-    optimizer.load_state_dict(state)
+    optimizer.load_state_dict(_map_row_state(optimizer, state, head, cut))

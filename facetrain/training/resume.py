@@ -47,7 +47,7 @@ class Checkpoints:
             head, optimizer = self.head.full_state(), parallel.full_optimizer_state(self.optimizer, self.head)
         else:
             head, optimizer = self.head.state_dict(), self.optimizer.state_dict()
-        every_rng = distributed.all_gather_objects(rng_state()) if self.world > 1 else None
+        every_rng = distributed.all_gather_objects(rng_state())
         if not self.main:
             return None
         state = {
@@ -61,13 +61,13 @@ class Checkpoints:
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
-            "samples_in_epoch": self.batch_in_epoch * self.global_batch + self.offset,
+            "samples_in_epoch": self.samples_in_epoch,
             "world_size": self.world,
             "step": self.step,
-            "rng": rng_state(),
+            "rng": every_rng[0],
             "best_value": self.best_value,
         }
-        if every_rng is not None:
+        if self.world > 1:
             state["rank_rng"] = every_rng
         return state
 
@@ -125,7 +125,6 @@ class Checkpoints:
     def _continue_epoch(self, samples: int, saved_world: int) -> None:
         """Continues the epoch after its first ``samples`` samples, at this run's global batch."""
         self.batch_in_epoch, self.offset = divmod(samples, self.global_batch)
-        self.micro_batches = (len(self.data.train) - self.offset) // self.global_batch
         if saved_world == self.world:
             return
         # Another global batch means another number of steps per epoch: the schedule follows the epochs

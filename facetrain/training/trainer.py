@@ -137,6 +137,7 @@ class Trainer(Checkpoints):
         self.head = self.head.to(self.device)
         self._setup_loaders()
         self.optimizer = build_optimizer(cfg.train, [self.embedder, self.head])
+        self.param_lists = parallel.split_params(self.optimizer, self.head if self.sharded else None)
         warmup = round(cfg.train.warmup_epochs * self.steps_per_epoch)
         self.scheduler = WarmupDecay(self.optimizer, cfg.train, cfg.train.epochs * self.steps_per_epoch, warmup)
         self.scaler = parallel.grad_scaler(self.device, self.precision.needs_scaler)
@@ -174,8 +175,17 @@ class Trainer(Checkpoints):
         self.loader = train_loader(
             self.data.train, self.sampler, cfg.train.batch_size, cfg.data.num_workers, pin, self.world
         )
-        self.micro_batches = len(self.data.train) // self.global_batch
         self.steps_per_epoch = math.ceil(self.micro_batches / cfg.train.grad_accum_steps)
+
+    @property
+    def samples_in_epoch(self) -> int:
+        """Samples of the current epoch used so far, by every rank together."""
+        return self.batch_in_epoch * self.global_batch + self.offset
+
+    @property
+    def micro_batches(self) -> int:
+        """Global micro-batches in the current epoch, counted after ``offset`` (whole global batches only)."""
+        return (len(self.data.train) - self.offset) // self.global_batch
 
     # ------------------------------------------------------------------ fit
     def fit(self, stop_at_epoch: int | None = None) -> FitResult:
@@ -237,7 +247,7 @@ class Trainer(Checkpoints):
         cfg = self.config.train
         self.model.train()
         self.head.train()
-        self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch * self.global_batch + self.offset)
+        self.sampler.set_epoch(self.epoch, start=self.samples_in_epoch)
         batches = iter(self.loader)
         epoch_meter, log_meter = Meter(), Meter()
         bar = tqdm(
@@ -264,7 +274,6 @@ class Trainer(Checkpoints):
                     self.save()
         self.epoch += 1
         self.batch_in_epoch, self.offset = 0, 0
-        self.micro_batches = len(self.data.train) // self.global_batch
         stats = epoch_meter.read()
         stats["lr"] = self.scheduler.lr
         return stats
@@ -287,7 +296,7 @@ class Trainer(Checkpoints):
             for meter in meters:
                 meter.add(loss, correct, len(labels) * self.world)
         self.scaler.unscale_(self.optimizer)
-        grad_norm = parallel.clip_gradients(*self._param_lists(), cfg.grad_clip or float("inf"))
+        grad_norm = parallel.clip_gradients(*self.param_lists, cfg.grad_clip or float("inf"))
         if not self.precision.needs_scaler and not torch.isfinite(grad_norm):
             error = TrainingError(
                 f"the gradient became {grad_norm.item()} at step {self.step + 1} (lr {self.scheduler.lr:.3g}): "
@@ -309,14 +318,6 @@ class Trainer(Checkpoints):
             return self.head(embeddings, labels, key)
         logits, cosine = self.head(embeddings, labels)  # float32 margin math
         return F.cross_entropy(logits, labels), (cosine.argmax(dim=1) == labels).sum()
-
-    def _param_lists(self) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
-        """(parameters every rank holds the same, this rank's own slice of the head)."""
-        params = [p for group_ in self.optimizer.param_groups for p in group_["params"]]
-        if not self.sharded:
-            return params, []
-        own = {id(p) for p in self.head.parameters()}
-        return [p for p in params if id(p) not in own], [p for p in params if id(p) in own]
 
     def _log_step(self, meter: Meter, grad_norm: torch.Tensor, bar: tqdm) -> None:
         stats = meter.read()
