@@ -155,3 +155,34 @@ def test_a_killed_rank_makes_the_others_exit(tmp_path):
     assert "Traceback" not in stderr
     assert stderr.count("error:") <= 1
     assert load_checkpoint(checkpoint)["world_size"] == 2
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("data.val_identities=4", "3 ranks but only 2 training identities"),
+        ("model.sync_bn=true", "model.sync_bn: torch's SyncBatchNorm runs on CUDA only"),
+    ],
+)
+def test_a_setting_that_cannot_work_on_several_ranks_is_one_line(tmp_path, setting, message):
+    result = facetrain("train", "--nproc-per-node", "3", "--config", write_config(tmp_path), "--set", setting)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.count("error:") == 1 and message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_nproc_per_node_mistakes_exit_2(tmp_path):
+    config = write_config(tmp_path)
+    for value, message in (("two", "expected a number of processes"), ("2", "works from the command line")):
+        outcome = runner.invoke(app, ["train", "--config", config, "--nproc-per-node", value])  # not a command line
+        assert outcome.exit_code == 2 and message in outcome.output, outcome.output
+
+
+def test_check_plans_for_a_world_size_and_refuses_more_ranks_than_identities(tmp_path):
+    config = write_config(tmp_path)
+    outcome = runner.invoke(app, ["check", "--config", config, "--world-size", "2"])
+    assert outcome.exit_code == 0, outcome.output
+    assert "classifier over 2 ranks: 4 classes x 2 sub-centres x 16, 2 classes per rank" in outcome.output
+    outcome = runner.invoke(app, ["check", "--config", config, "--world-size", "5"])
+    assert outcome.exit_code == 2
+    assert "--world-size 5 is more ranks than the 4 training identities" in outcome.output
