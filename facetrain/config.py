@@ -53,8 +53,14 @@ BEST_METRICS = ("accuracy", "roc_auc", "tar@far=1e-1", "tar@far=1e-2", "tar@far=
 
 @dataclass(frozen=True)
 class DataConfig:
-    root: str = option("", "Training folder: one sub-folder of images per identity.")
-    val_root: str | None = option(None, "Separate folder of held-out identities for verification (instead of a split).")
+    root: str = option(
+        "",
+        "Training folder (one sub-folder of images per identity), or an insightface or im2rec `train.rec` "
+        "(its `.idx` beside it).",
+    )
+    val_root: str | None = option(
+        None, "Separate folder (or `.rec`) of held-out identities for verification (instead of a split)."
+    )
     val_identities: int = option(
         0, "Identities held out of `root` for verification (chosen with `split_seed`).", ge=0, le=MAX_COUNT
     )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import logging
+import struct
 from pathlib import Path
 
 import pytest
@@ -80,3 +82,26 @@ def faces(tmp_path: Path) -> Path:
 def _quiet_facetrain_logger():
     logging.getLogger("facetrain").setLevel(logging.INFO)
     yield
+
+
+def jpeg_bytes(seed: int, size: int = 16, comment: bytes = b"") -> bytes:
+    """A small random JPEG; ``comment`` goes in a COM segment right after SOI (its text starts at byte 6)."""
+    pixels = (torch.rand(size, size, 3, generator=torch.Generator().manual_seed(seed)) * 255).byte().numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+    data = buffer.getvalue()
+    if not comment:
+        return data
+    return data[:2] + b"\xff\xfe" + struct.pack(">H", len(comment) + 2) + comment + data[2:]
+
+
+def write_records(rec: Path, records: list[tuple[int, bytes]]) -> Path:
+    """Writes ``(key, payload)`` records in this order to ``rec`` and its ``.idx``, with our RecordWriter."""
+    from facetrain.data.recordio import RecordWriter
+
+    rec.parent.mkdir(parents=True, exist_ok=True)
+    with rec.open("wb") as stream, rec.with_suffix(".idx").open("w") as index:
+        writer = RecordWriter(stream, index)
+        for key, payload in records:
+            writer.write(key, payload)
+    return rec

@@ -1,4 +1,4 @@
-"""The command line: the Typer app, its commands by wing (training, evaluation, deploy, diagnostics), the boundary.
+"""The command line: the Typer app, its commands by wing (training, evaluation, deploy, diagnostics, data).
 
 Each command parses options and calls one library function; ``boundary.error_boundary`` wraps each
 one, so a known error is one message and exit code 2. The command modules import the library
@@ -10,7 +10,7 @@ from __future__ import annotations
 import typer
 
 from facetrain import __version__
-from facetrain.cli import deploy, diagnostics, evaluation, training
+from facetrain.cli import data, deploy, diagnostics, evaluation, training
 
 app = typer.Typer(
     help="Face-recognition training: torchvision embedder + margin head (ArcFace and its family).",
@@ -29,6 +29,8 @@ app.command("export")(deploy.export_command)
 app.command("verify")(deploy.verify_command)
 app.command("embed")(deploy.embed_command)
 app.command("check")(diagnostics.check_command)
+app.command("pack")(data.pack_command)
+app.command("unpack")(data.unpack_command)
 
 
 @app.command()

@@ -57,7 +57,7 @@ def train(
         ),
     ] = None,
 ) -> None:
-    """Train an embedder with a margin head (head.type) on an identity-folder dataset.
+    """Train an embedder with a margin head (head.type) on an identity folder or a .rec.
 
     Example: facetrain train --config configs/demo.yaml --set train.epochs=5
     """

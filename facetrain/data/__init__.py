@@ -1,17 +1,16 @@
-"""Data: identity folders, datasets and loaders, and the image preprocessing shared by every stage."""
+"""Data: identity folders and ``.rec`` files, datasets and loaders, packing, and the shared preprocessing."""
 
 from facetrain.data.folders import (
-    EpochSampler,
     FaceDataset,
     build_datasets,
-    eval_loader,
     num_classes_problem,
-    quiet_worker,
     scan_identities,
     split_identities,
-    train_loader,
 )
+from facetrain.data.loaders import EpochSampler, eval_loader, quiet_worker, train_loader
+from facetrain.data.pack import pack_folder, unpack_records
 from facetrain.data.preprocess import IMAGE_EXTENSIONS, MEAN, STD, Preprocess
+from facetrain.data.records import sample_records
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -23,8 +22,11 @@ __all__ = [
     "build_datasets",
     "eval_loader",
     "num_classes_problem",
+    "pack_folder",
     "quiet_worker",
+    "sample_records",
     "scan_identities",
     "split_identities",
     "train_loader",
+    "unpack_records",
 ]

@@ -1,36 +1,41 @@
-"""Identity-folder datasets, the identity hold-out split, samplers and loaders."""
+"""Identities from a folder or a ``.rec``, their datasets, and the identity hold-out split."""
 
 from __future__ import annotations
 
 import logging
 import random
-import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
 from facetrain.config import DataConfig
+from facetrain.data.layouts import scan_records
 from facetrain.data.preprocess import IMAGE_EXTENSIONS, Preprocess
+from facetrain.data.records import RecordDataset, RecordImages, is_record_file
 from facetrain.errors import DataError
 from facetrain.files import require_folder
 
 log = logging.getLogger("facetrain")
 
-Identity = tuple[str, list[Path]]
+# (identity name, its images): image paths for a folder, record positions for a .rec
+Identity = tuple[str, "list[Path] | RecordImages"]
 
 
 def scan_identities(root: str | Path, key: str = "data.root") -> list[Identity]:
-    """Lists ``root/<identity>/<image>`` as (identity, sorted image paths), sorted by name.
+    """Lists ``root/<identity>/<image>`` as (identity, sorted image paths), sorted by name; or the
+    identities of a ``.rec`` (insightface or im2rec layout), in label order.
 
     Links that lead nowhere or back into a folder above them are skipped with one warning.
     """
     if not str(root):
-        raise DataError(f"{key} is not set: point it at a folder with one sub-folder per identity")
-    folder = require_folder(root, DataError, key, f"set {key} to a folder with one sub-folder per identity")
+        raise DataError(f"{key} is not set: point it at a folder with one sub-folder per identity, or at a train.rec")
+    if is_record_file(root):
+        return scan_records(root, key)  # type: ignore[return-value]
+    folder = require_folder(
+        root, DataError, key, f"set {key} to a folder with one sub-folder per identity, or to a train.rec"
+    )
     identities, bad_links = [], []
     for sub in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
         if _bad_link(sub, folder):
@@ -53,6 +58,9 @@ def scan_identities(root: str | Path, key: str = "data.root") -> list[Identity]:
         more = f" and {len(bad_links) - 3} more" if len(bad_links) > 3 else ""
         log.warning("%s: skipped %d links that lead nowhere or in a loop: %s%s", key, len(bad_links), shown, more)
     if not identities:
+        shipped = folder / "train.rec"
+        if shipped.is_file():
+            raise DataError(f"{key}: '{folder}' holds a RecordIO dataset, not identity folders: set {key}: {shipped}")
         raise DataError(
             f"{key}: no identity folders with images in '{folder}': expected {folder}/<identity>/<image> "
             f"with extensions {', '.join(sorted(IMAGE_EXTENSIONS))}"
@@ -106,54 +114,21 @@ class FaceDataset(Dataset):
     def labels(self) -> list[int]:
         return [label for _, label in self.samples]
 
+    def name(self, index: int) -> str:
+        return str(self.samples[index][0])
 
-class EpochSampler(Sampler):
-    """A seeded shuffle (and flip decision) per epoch, independent of global RNG state.
 
-    The order and augmentation of epoch ``e`` depend only on ``(seed, e)``, so a run resumed
-    mid-epoch skips exactly the samples it has seen and sees the rest exactly as before.
-
-    With ``world`` ranks every rank draws the same order, and global batch ``i`` (``world *
-    batch_size`` samples) is cut into ``world`` equal micro-batches, rank ``r`` taking the r-th. Only
-    whole global batches are used, so every rank yields the same number of samples, and the ranks
-    together see exactly what one process with batch ``world * batch_size`` sees. ``start`` counts
-    samples of the epoch already used (by every rank together).
-    """
-
-    def __init__(self, size: int, seed: int, hflip: bool, batch_size: int = 1, rank: int = 0, world: int = 1) -> None:
-        self.size, self.seed, self.hflip = size, seed, hflip
-        self.batch_size, self.rank, self.world = batch_size, rank, world
-        self.epoch, self.start = 0, 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.epoch, self.start = epoch, start
-
-    def positions(self) -> Iterator[int]:
-        if self.world == 1:
-            yield from range(self.start, self.size)
-            return
-        span = self.batch_size * self.world
-        for batch in range((self.size - self.start) // span):
-            first = self.start + batch * span + self.rank * self.batch_size
-            yield from range(first, first + self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[int, bool]]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.size, generator=generator).tolist()
-        flips = (torch.rand(self.size, generator=generator) < 0.5).tolist()
-        for position in self.positions():
-            yield order[position], self.hflip and flips[position]
-
-    def __len__(self) -> int:
-        if self.world == 1:
-            return self.size - self.start
-        return (self.size - self.start) // (self.batch_size * self.world) * self.batch_size
+def make_dataset(identities: list[Identity], preprocess: Preprocess) -> FaceDataset | RecordDataset:
+    """The dataset of scanned identities: image files, or records of a ``.rec``."""
+    if identities and isinstance(identities[0][1], RecordImages):
+        return RecordDataset(identities, preprocess)  # type: ignore[arg-type]
+    return FaceDataset(identities, preprocess)  # type: ignore[arg-type]
 
 
 @dataclass
 class Datasets:
-    train: FaceDataset
-    val: FaceDataset | None
+    train: FaceDataset | RecordDataset
+    val: FaceDataset | RecordDataset | None
 
     @property
     def num_classes(self) -> int:
@@ -164,8 +139,10 @@ def build_datasets(cfg: DataConfig) -> Datasets:
     """Scans the folders, drops small identities and holds out verification identities."""
     preprocess = Preprocess.from_config(cfg)
     identities, held_out = split_identities(cfg)
-    train = FaceDataset(identities, preprocess)
-    val = FaceDataset(held_out, preprocess) if held_out else None
+    train = make_dataset(identities, preprocess)
+    val = make_dataset(held_out, preprocess) if held_out else None
+    if isinstance(train, RecordDataset):
+        log.info("data.root: '%s', %s", train.source.path, train.source.detail)
     log.info(
         "data: %d training identities, %d images; %s",
         len(identities),
@@ -235,60 +212,9 @@ def _check_held_out(held_out: list[Identity], training: list[Identity], key: str
             "use identities with at least 2 images"
         )
     shared = sorted({name for name, _ in held_out} & {name for name, _ in training})
-    if shared:
+    if shared and isinstance(held_out[0][1], list) and isinstance(training[0][1], list):  # .rec names are numbers
         log.warning(
             "data.val_root: %d held-out identity names also appear in data.root (e.g. %s); "
             "held-out people should be different people",
             len(shared), shared[0],
         )  # fmt: skip
-
-
-def quiet_worker(worker_id: int) -> None:
-    """``worker_init_fn`` of the training and evaluation loaders: a worker outliving its main process is quiet.
-
-    When Ctrl-C or SIGTERM ends the main process first, a worker's handle-sharing thread
-    (multiprocessing's resource_sharer) finds the connection gone and would print a traceback
-    before the worker itself stops.
-    """
-    previous = sys.excepthook
-
-    def hook(kind: type[BaseException], value: BaseException, trace: Any) -> None:
-        if not issubclass(kind, (EOFError, ConnectionError)):
-            previous(kind, value, trace)
-
-    sys.excepthook = hook
-
-
-def train_loader(
-    dataset: FaceDataset, sampler: EpochSampler, batch_size: int, num_workers: int, pin_memory: bool, world: int = 1
-) -> DataLoader:
-    if len(dataset) < batch_size * world:
-        ranks = f" x {world} ranks = {batch_size * world} (the global batch)" if world > 1 else ""
-        raise DataError(
-            f"train.batch_size={batch_size}{ranks} is larger than the {len(dataset)} training images: "
-            "lower train.batch_size"
-        )
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        drop_last=True,  # BatchNorm needs full batches; the sampler reshuffles every epoch
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        persistent_workers=num_workers > 0,
-        # A private generator keeps the loader from drawing on the global RNG.
-        generator=torch.Generator().manual_seed(0),
-        worker_init_fn=quiet_worker,
-    )
-
-
-def eval_loader(dataset: FaceDataset, batch_size: int, num_workers: int, pin_memory: bool) -> DataLoader:
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        generator=torch.Generator().manual_seed(0),
-        worker_init_fn=quiet_worker,
-    )

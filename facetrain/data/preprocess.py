@@ -23,7 +23,7 @@ IMAGE_EXTENSIONS = frozenset(
 )
 # Larger images are refused before they are decoded: a 100 KB PNG can claim 144 Mpx (2 GB decoded).
 MAX_IMAGE_PIXELS = 64_000_000
-# Inputs are scaled to [0, 1], then normalised with these to [-1, 1].
+# Inputs are scaled to [0, 1], then normalised with these to [-1, 1] (the same for every channel).
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
 
@@ -101,8 +101,9 @@ class Preprocess:
         pixels = TF.resize(pixels, [self.image_size, self.image_size], antialias=True)
         if flip:
             pixels = TF.horizontal_flip(pixels)
-        scaled = pixels.float().div_(255.0)
-        return TF.normalize(scaled, MEAN, STD)
+        # (x - MEAN) / STD with scalars: MEAN and STD are the same for every channel, and scalar arithmetic
+        # gives the same float32 values as per-channel normalize at a tenth of its cost (bench_data.py).
+        return pixels.float().div_(255.0).sub_(MEAN[0]).div_(STD[0])
 
     def load(self, path: str | Path, flip: bool = False, data: bytes | None = None) -> torch.Tensor:
         return self(load_image(path, data), flip=flip, source=str(path))

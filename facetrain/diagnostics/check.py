@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from facetrain.config import Config
-from facetrain.data import Preprocess, num_classes_problem, scan_identities, split_identities
+from facetrain.data import Preprocess, num_classes_problem, sample_records, scan_identities, split_identities
 from facetrain.diagnostics.capacity import ClassifierPlan, plan_classifier
 from facetrain.errors import FacetrainError
 from facetrain.evaluation import read_pairs
@@ -118,6 +118,27 @@ def run_check(
     return report
 
 
+def _check_records(identities: list, report: CheckReport) -> None:
+    """A .rec is too large to decode whole: its layout, and the size of a sample of its images."""
+    source = identities[0][1].source
+    report.facts.append(f"'{source.path}': {source.detail}")
+    sizes, undecodable, unreadable = sample_records(identities)
+    shown = ", ".join(f"{width}x{height} ({count})" for (width, height), count in sizes.most_common(3))
+    sampled = sum(sizes.values()) + len(undecodable) + len(unreadable)
+    report.facts.append(f"image size of {sampled} records sampled evenly: {shown or 'none'}")
+    if undecodable:
+        report.problems.append(
+            f"{len(undecodable)} of the sampled records hold an image that cannot be decoded (training replaces such a "
+            f"record by another image of its identity, and counts it); "
+            f"the first: {undecodable[0]}"
+        )
+    if unreadable:
+        report.problems.append(
+            f"{len(unreadable)} of the sampled records cannot be read, and training stops on them; the first: "
+            f"{unreadable[0]}"
+        )
+
+
 def _check_data(config: Config, report: CheckReport, progress: bool, world_size: int = 1) -> int | None:
     data = config.data
     try:
@@ -126,27 +147,31 @@ def _check_data(config: Config, report: CheckReport, progress: bool, world_size:
     except FacetrainError as exc:
         report.problems.append(str(exc))
         return None
-    small = [name for name, paths in everything if len(paths) < data.min_images_per_identity]
-    images = [path for _, paths in training + held_out for path in paths]
+    small = [name for name, images in everything if len(images) < data.min_images_per_identity]
     report.facts.append(
-        f"data.root: {len(everything)} identities, {sum(len(p) for _, p in everything)} images; "
+        f"data.root: {len(everything)} identities, {sum(len(images) for _, images in everything)} images; "
         f"{len(training)} for training, {len(held_out)} held out; {len(small)} below "
         f"data.min_images_per_identity={data.min_images_per_identity} (dropped)"
     )
+    used = training + held_out
+    files = [path for _, images in used if isinstance(images, list) for path in images]
+    records = [item for item in used if not isinstance(item[1], list)]
+    if records:
+        _check_records(records, report)
     unreadable = []
     preprocess = Preprocess.from_config(data)  # exactly what training does, centre crop included
-    for path in tqdm(images, desc="decoding images", disable=not progress, leave=False):
+    for path in tqdm(files, desc="decoding images", disable=not progress or not files, leave=False):
         try:
             preprocess.load(path)
         except FacetrainError as exc:
             unreadable.append(str(exc))
     if unreadable:
-        report.problems.append(f"{len(unreadable)} of {len(images)} images cannot be used; the first: {unreadable[0]}")
+        report.problems.append(f"{len(unreadable)} of {len(files)} images cannot be used; the first: {unreadable[0]}")
     problem = num_classes_problem(config.head.num_classes, len(training))
     if problem:
         report.problems.append(problem)
     batch = config.train.batch_size * world_size
-    batches = sum(len(paths) for _, paths in training) // batch
+    batches = sum(len(images) for _, images in training) // batch
     ranks = f" ({world_size} ranks x {config.train.batch_size})" if world_size > 1 else ""
     if batches == 0:
         report.problems.append(

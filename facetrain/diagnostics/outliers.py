@@ -204,7 +204,7 @@ def find_outliers(
     labels = torch.tensor(dataset.labels, dtype=torch.long)
     angles = subcenter_angles(embeddings, labels, subcenters, angle_threshold)
     identities = [dataset.class_names[label] for label in dataset.labels]
-    records = candidate_records(angles, [str(image) for image, _ in dataset.samples], identities)
+    records = candidate_records(angles, [dataset.name(index) for index in range(len(dataset))], identities)
     return OutlierReport(path, len(dataset), angle_threshold, records)
 
 

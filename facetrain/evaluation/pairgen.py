@@ -162,6 +162,12 @@ def write_pairs_file(
             raise DataError(f"{config}: holds out no identities: set data.val_identities or data.val_root")
     else:
         identities = scan_identities(root, "--root")
+    if not isinstance(identities[0][1], list):
+        where = f"{config}: data.root or data.val_root" if config is not None else f"--root '{root}'"
+        raise DataError(
+            f"{where} is a .rec, and pairs name image files: write its images out with "
+            "`facetrain unpack FILE.rec --out FOLDER`, then draw pairs from FOLDER"
+        )
     blocks = make_pairs(identities, folds, pairs_per_fold, seed)
     write_lfw_pairs(target, blocks, folds, pairs_per_fold)
     return target

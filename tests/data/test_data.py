@@ -8,7 +8,7 @@ from conftest import ORL, make_faces
 from PIL import Image
 
 from facetrain.config import DataConfig
-from facetrain.data.folders import EpochSampler, build_datasets, scan_identities
+from facetrain.data import EpochSampler, build_datasets, scan_identities
 from facetrain.data.preprocess import Preprocess, load_image
 from facetrain.errors import DataError
 
@@ -131,3 +131,15 @@ def test_decompression_bomb_is_an_unreadable_image(tmp_path, monkeypatch):
         warnings.simplefilter("error")  # and no Pillow warning escapes either
         with pytest.raises(DataError, match="'.*big.png' would decode to more than .* Mpx, over the 64 Mpx limit"):
             load_image(path)
+
+
+def test_preprocess_normalises_exactly_as_per_channel_normalize():
+    from torchvision.transforms.v2 import functional as TF
+
+    from facetrain.data import MEAN, STD
+
+    pixels = (torch.rand(24, 24, 3, generator=torch.Generator().manual_seed(0)) * 255).byte()
+    image = Image.fromarray(pixels.numpy())  # square, at the output size: no resize
+    expected = TF.normalize(TF.pil_to_tensor(image).float().div(255.0), MEAN, STD)
+    assert torch.equal(Preprocess(24)(image), expected)
+    assert torch.equal(Preprocess(24)(image, flip=True), expected.flip(-1))
