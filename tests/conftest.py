@@ -79,6 +79,12 @@ def faces(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Caches (a .rec's scanned labels) go to a folder of the test session, never to ~/.cache."""
+    monkeypatch.setenv("FACETRAIN_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(autouse=True)
 def _quiet_facetrain_logger():
     logging.getLogger("facetrain").setLevel(logging.INFO)
     yield

@@ -7,15 +7,19 @@
   2^24: with more images (Glint360K has 17.1M) the labels are read from the image records instead,
   as they are when an identity record is malformed (insightface's own reader never uses them).
 - **im2rec** (mxnet's im2rec, the WebFace42M recipe): every key is an image with one label, read from
-  every record's header (a scan of the headers, not of the images).
+  every record's header (a scan of the headers, not of the images). A scan's labels are kept in
+  ``$FACETRAIN_CACHE_DIR`` (default ``~/.cache/facetrain``) under ``record-labels/``, with the sizes,
+  modification times and inodes of the ``.rec`` and ``.idx``, and used while those match.
 
 Class names are the label numbers.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +28,8 @@ from tqdm import tqdm
 from facetrain import distributed
 from facetrain.data.recordio import MISMATCHED, Payload, RecordFile, read_index, unpack_payload
 from facetrain.data.records import RecordIdentity, RecordImages, RecordSource
-from facetrain.errors import DataError
-from facetrain.files import require_file
+from facetrain.errors import DataError, FacetrainError
+from facetrain.files import require_file, write_stream
 
 log = logging.getLogger("facetrain")
 
@@ -156,7 +160,24 @@ def _identity_ranges(lookup: _Lookup, first: int, end: int) -> list[tuple[int, i
 def _by_label(
     rec: Path, idx: Path, layout: str, file: RecordFile, keys: np.ndarray, offsets: np.ndarray, what: str
 ) -> list[RecordIdentity]:
-    """Identities from every image record's own label: a scan of the records' headers."""
+    """Identities from every image record's own label: a scan of the records' headers (cached)."""
+    cache = _label_cache(rec, idx)
+    labels = _cached_labels(cache, keys, offsets)
+    if labels is None:
+        labels = _scan_labels(file, keys, offsets)
+        if distributed.is_main():  # one writer: the other ranks read it on the next start
+            _save_labels(cache, keys, offsets, labels)
+    order = np.argsort(labels, kind="stable")
+    source = RecordSource(rec, idx, layout, keys[order], offsets[order])
+    found, starts, counts = np.unique(labels[order], return_index=True, return_counts=True)
+    source.detail = f"{layout} layout: {what}, {len(keys)} image records with one label each"
+    return [
+        (str(int(label)), RecordImages(source, int(start), int(start + count)))
+        for label, start, count in zip(found, starts, counts, strict=True)
+    ]
+
+
+def _scan_labels(file: RecordFile, keys: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     labels = np.empty(len(keys), dtype=np.int64)
     for position in tqdm(range(len(keys)), desc="reading record labels", leave=False,
                          disable=not distributed.is_main() or len(keys) < 100_000):  # fmt: skip
@@ -166,14 +187,38 @@ def _by_label(
         if len(head) < 24 + 4 * flag:  # more labels than the first read holds
             head = file.read(key, offset)
         labels[position] = _identity_label(unpack_payload(head, file.where(key, offset)), file.where(key, offset))
-    order = np.argsort(labels, kind="stable")
-    source = RecordSource(rec, idx, layout, keys[order], offsets[order])
-    found, starts, counts = np.unique(labels[order], return_index=True, return_counts=True)
-    source.detail = f"{layout} layout: {what}, {len(keys)} image records with one label each"
-    return [
-        (str(int(label)), RecordImages(source, int(start), int(start + count)))
-        for label, start, count in zip(found, starts, counts, strict=True)
-    ]
+    return labels
+
+
+def _label_cache(rec: Path, idx: Path) -> tuple[Path, np.ndarray]:
+    """Where a scan's labels are kept, and the stamp (sizes, modification times) that says they are current."""
+    stats = [rec.stat(), idx.stat()]
+    stamp = np.array([value for st in stats for value in (st.st_size, st.st_mtime_ns, st.st_ino)], dtype=np.int64)
+    name = hashlib.sha256(str(rec.resolve()).encode()).hexdigest()[:20]
+    root = Path(os.environ.get("FACETRAIN_CACHE_DIR") or Path.home() / ".cache" / "facetrain")
+    return root / "record-labels" / f"{name}.npz", stamp
+
+
+def _cached_labels(cache: tuple[Path, np.ndarray], keys: np.ndarray, offsets: np.ndarray) -> np.ndarray | None:
+    path, stamp = cache
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            current = np.array_equal(saved["stamp"], stamp) and np.array_equal(saved["keys"], keys)
+            if current and np.array_equal(saved["offsets"], offsets):
+                return saved["labels"]
+    except (OSError, ValueError, KeyError, EOFError):
+        pass  # none yet, or unreadable: scan again
+    return None
+
+
+def _save_labels(cache: tuple[Path, np.ndarray], keys: np.ndarray, offsets: np.ndarray, labels: np.ndarray) -> None:
+    path, stamp = cache
+    arrays = {"stamp": stamp, "keys": keys, "offsets": offsets, "labels": labels}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_stream(path, lambda stream: np.savez(stream, **arrays), "label cache")
+    except (OSError, FacetrainError) as exc:  # a read-only home: the next start scans again
+        log.debug("labels not cached in %s: %s", path, exc)
 
 
 def _identity_label(record: Payload, where: str) -> int:

@@ -218,3 +218,18 @@ def test_the_dataset_folder_is_pointed_to_its_train_rec_and_a_folder_named_rec_i
         scan_identities(tmp_path / "ms1m")
     faces = make_faces(tmp_path / "faces.rec", identities=2, per_identity=2, size=(16, 16))
     assert [(name, len(images)) for name, images in scan_identities(faces)] == [("id00", 2), ("id01", 2)]
+
+
+def test_scanned_labels_are_cached_until_the_files_change(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACETRAIN_CACHE_DIR", str(tmp_path / "cache"))
+    records = [(key, pack_payload(label, jpeg_bytes(key))) for key, label in enumerate([1, 0, 1, 0])]
+    rec = write_records(tmp_path / "t.rec", records)
+    assert identities_of(rec) == [("0", 2), ("1", 2)]
+    assert len(list((tmp_path / "cache" / "record-labels").iterdir())) == 1
+    scans, scan = [], layouts._scan_labels
+    monkeypatch.setattr(layouts, "_scan_labels", lambda *args: scans.append(1) or scan(*args))
+    assert identities_of(rec) == [("0", 2), ("1", 2)] and scans == []  # from the cache
+    write_records(rec, [(key, pack_payload(label, jpeg_bytes(key))) for key, label in enumerate([1, 1, 1, 0])])
+    assert identities_of(rec) == [("0", 1), ("1", 3)] and scans == [1]  # the file changed: scanned again
+    next((tmp_path / "cache" / "record-labels").iterdir()).write_bytes(b"not a zip")
+    assert identities_of(rec) == [("0", 1), ("1", 3)] and scans == [1, 1]  # an unreadable cache: scanned again
