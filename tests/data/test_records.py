@@ -233,3 +233,15 @@ def test_scanned_labels_are_cached_until_the_files_change(tmp_path, monkeypatch)
     assert identities_of(rec) == [("0", 1), ("1", 3)] and scans == [1]  # the file changed: scanned again
     next((tmp_path / "cache" / "record-labels").iterdir()).write_bytes(b"not a zip")
     assert identities_of(rec) == [("0", 1), ("1", 3)] and scans == [1, 1]  # an unreadable cache: scanned again
+
+
+def test_a_rec_val_root_is_not_warned_about_shared_names(tmp_path, caplog):
+    train = write_records(tmp_path / "train" / "train.rec", insightface_records([2, 2, 2]))
+    held = write_records(tmp_path / "val" / "train.rec", insightface_records([2, 2]))
+    cfg = tiny_config(train, tmp_path / "run", data={"val_root": str(held)}).data
+    training, held_out = split_identities(cfg)
+    assert [name for name, _ in held_out] == ["0", "1"] and [name for name, _ in training] == ["0", "1", "2"]
+    assert "held-out people should be different people" not in caplog.text  # record names are only numbers
+    folders = make_faces(tmp_path / "f", identities=3, per_identity=2, size=(16, 16))
+    split_identities(tiny_config(folders, tmp_path / "run", data={"val_root": str(folders)}).data)
+    assert "held-out people should be different people" in caplog.text  # folder names do say who
