@@ -97,6 +97,8 @@ def drop_small(identities: list[Identity], minimum: int, where: str) -> list[Ide
 class FaceDataset(Dataset):
     """(image tensor, label) pairs. An index may be ``(i, flip)`` to flip that sample."""
 
+    bad_records = 0  # an image file that does not decode stops the run (a .rec's are replaced and counted)
+
     def __init__(self, identities: list[Identity], preprocess: Preprocess) -> None:
         self.class_names = [name for name, _ in identities]
         self.samples = [(path, label) for label, (_, paths) in enumerate(identities) for path in paths]

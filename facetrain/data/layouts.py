@@ -51,20 +51,22 @@ def scan_records(root: str | Path, key: str = "data.root") -> list[RecordIdentit
             "(key<TAB>byte offset per line); copy it from where the .rec came from"
         )
     keys, offsets = read_index(idx, rec.stat().st_size, rec)
-    order = np.argsort(keys, kind="stable")
-    lookup = _Lookup(keys[order], offsets[order], RecordFile(rec))
+    file = RecordFile(rec)
     try:
-        first = lookup.read(0) if lookup.has(0) else None
+        at_zero = np.flatnonzero(keys == 0)
+        where = file.where(0, int(offsets[at_zero[0]])) if len(at_zero) else ""
+        first = unpack_payload(file.read(0, int(offsets[at_zero[0]])), where) if len(at_zero) else None
         if first is not None and first.flag == 2 and not first.image:
-            return _insightface(rec, idx, lookup, first)
+            order = np.argsort(keys, kind="stable")  # key -> offset lookups: the insightface layout needs them
+            return _insightface(rec, idx, _Lookup(keys[order], offsets[order], file), first)
         if first is not None and not first.image:
             raise DataError(
-                f"{key}: {lookup.where(0)} holds no image and is not an insightface header record "
+                f"{key}: {where} holds no image and is not an insightface header record "
                 f"(flag {first.flag}, labels {_labels(first)}): {LAYOUTS_READ}"
             )
-        return _by_label(rec, idx, IM2REC, lookup.file, keys, offsets, "no header record")
+        return _by_label(rec, idx, IM2REC, file, keys, offsets, "no header record")
     finally:
-        lookup.file.close()
+        file.close()
 
 
 class _Lookup:

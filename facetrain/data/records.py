@@ -96,8 +96,7 @@ class RecordDataset(Dataset):
         self.source = identities[0][1].source
         counts = np.array([len(images) for _, images in identities], dtype=np.int64)
         self.positions = np.concatenate([np.arange(images.start, images.stop) for _, images in identities])
-        self.class_starts = np.concatenate([[0], np.cumsum(counts)])
-        self.sample_labels = np.repeat(np.arange(len(identities)), counts)
+        self.class_starts = np.concatenate([[0], np.cumsum(counts)])  # sample i's label: the range holding i
         self.preprocess = preprocess
         self.bad = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._named = 0
@@ -107,7 +106,7 @@ class RecordDataset(Dataset):
 
     @property
     def labels(self) -> list[int]:
-        return self.sample_labels.tolist()
+        return np.repeat(np.arange(len(self.class_names)), np.diff(self.class_starts)).tolist()
 
     @property
     def bad_records(self) -> int:
@@ -119,7 +118,7 @@ class RecordDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, bool]) -> tuple[torch.Tensor, int]:
         index, flip = key if isinstance(key, tuple) else (key, False)
-        label = int(self.sample_labels[index])
+        label = int(np.searchsorted(self.class_starts, index, side="right")) - 1
         first, count = int(self.class_starts[label]), int(self.class_starts[label + 1] - self.class_starts[label])
         for attempt in range(count):
             position = int(self.positions[first + (index - first + attempt) % count])

@@ -225,7 +225,7 @@ class Trainer(Checkpoints):
                 self.save()  # after the evaluation, so last.pt knows the best value (resume keeps best.pt right)
                 result.history.append(stats)
                 log.info("epoch %d/%d: %s", self.epoch, self.config.train.epochs, format_epoch(stats))
-                bad = getattr(self.data.train, "bad_records", 0)  # a .rec's undecodable images, replaced
+                bad = self.data.train.bad_records  # a .rec's undecodable images, replaced
                 if bad:
                     log.warning("%d reads of data.root records whose image cannot be decoded so far (this rank's "
                                 "reads); each was replaced by another image of its identity", bad)  # fmt: skip
