@@ -132,3 +132,31 @@ def test_a_record_whose_image_does_not_decode_is_replaced_named_and_counted(tmp_
     assert result.exit_code == 0, result.output  # (a worker's warning goes to its own stderr: 0 workers here)
     assert f"record key {key} at byte {offset}: its image cannot be decoded: trained on another image" in result.stderr
     assert "1 reads of data.root records whose image cannot be decoded so far" in result.stderr
+
+
+def test_pack_and_unpack_mistakes_are_one_line_and_exit_2(tmp_path):
+    write_tiny_yaml(tmp_path, HEAD, TRAIN)
+    rec = tmp_path / "rec" / "train.rec"
+    for args, expected in (
+        (["pack", "--root", tmp_path / "faces", "--out", tmp_path / "rec"], "does not end in .rec: name the file"),
+        (["pack", "--root", tmp_path / "missing", "--out", rec], "--root: folder"),
+        (["pack", "--root", FIXTURES / "mx_im2rec.rec", "--out", rec], "is already a .rec: pack reads an identity"),
+        (["unpack", tmp_path / "none.rec", "--out", tmp_path / "out"], "FILE '"),
+        (["unpack", FIXTURES / "mx_boxes.rec", "--out", tmp_path / "out"], "its label is 6 numbers"),
+    ):
+        result = invoke(*args)
+        assert result.exit_code == 2, (args, result.output)
+        assert result.stderr.count("error:") == 1 and expected in result.stderr and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists() and not rec.exists()
+
+
+def test_a_bad_rec_under_two_processes_is_reported_once(tmp_path):
+    config = write_tiny_yaml(tmp_path, HEAD, TRAIN)
+    result = subprocess.run(
+        [sys.executable, "-m", "facetrain", "train", "--config", str(config), "--nproc-per-node", "2",
+         "--no-progress", "--set", f"data.root={FIXTURES / 'mx_boxes.rec'}"],
+        capture_output=True, text=True, cwd=REPO, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.count("error:") == 1 and "its label is 6 numbers" in result.stderr
+    assert "Traceback" not in result.stderr
