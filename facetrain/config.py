@@ -47,6 +47,10 @@ HEAD_OPTIONS: dict[str, dict[str, Any]] = {
     "adaface": {"s": 64.0, "m": 0.4, "h": 0.333, "ema_alpha": 0.01},
     "softmax": {},
 }
+# Epochs over which a head's margin ramps up from 0 when head.margin_warmup_epochs is null, chosen by
+# measurement on Extended Yale B (README: Training from scratch): ArcFace collapses without one; the
+# other margin heads train without one and did no better with a 2-epoch one.
+MARGIN_WARMUP_EPOCHS = {"arcface": 4.0}
 # Metrics that can choose best.pt; each names a number of the verification report.
 BEST_METRICS = ("accuracy", "roc_auc", "tar@far=1e-1", "tar@far=1e-2", "tar@far=1e-3", "tar@far=1e-4")
 
@@ -101,7 +105,12 @@ class HeadConfig:
     type: Literal[HEAD_TYPES] = option(
         "arcface", "Classification head: a margin head, or softmax (plain linear, the no-margin baseline)."
     )
-    s: float | None = option(None, "Logit scale. null: 64 (every head but softmax).", gt=0.0)
+    s: float | Literal["auto"] | None = option(
+        None,
+        "Logit scale. null: 64 (every head but softmax). auto: AdaCos's fixed scale sqrt(2) * ln(C - 1) for C "
+        "training identities (at least 1).",
+        gt=0.0,
+    )
     m: float | None = option(
         None,
         "Margin. null: 0.5 rad for arcface, subcenter_arcface and curricularface; 0.35 (cosine) for cosface; "
@@ -130,6 +139,21 @@ class HeadConfig:
         gt=0.0,
         le=1.0,
     )
+    warm_start_epochs: float = option(
+        0.0,
+        "Margin heads: epochs trained with no margin first (a normalised softmax warm start), before the "
+        "margin warm-up. A function of the step, so resume is exact.",
+        ge=0.0,
+        le=100_000,
+    )
+    margin_warmup_epochs: float | None = option(
+        None,
+        "Margin heads: the margin ramps linearly from 0 to its value over this many epochs (after "
+        "warm_start_epochs); 0: the whole margin from the first step. null: 4 for arcface, which "
+        "collapses from scratch without one; 0 for the other heads, which train without one.",
+        ge=0.0,
+        le=100_000,
+    )
     num_classes: int | None = option(
         None, "Optional check: must equal the number of training identities found.", ge=2, le=MAX_COUNT
     )
@@ -143,7 +167,7 @@ class HeadConfig:
 
 
 # Keys of HeadConfig that are not options of a head's margin rule.
-HEAD_SETTINGS = ("type", "num_classes", "sample_rate")
+HEAD_SETTINGS = ("type", "warm_start_epochs", "margin_warmup_epochs", "num_classes", "sample_rate")
 HEAD_OPTION_NAMES = tuple(f.name for f in dataclasses.fields(HeadConfig) if f.name not in HEAD_SETTINGS)
 
 
@@ -170,7 +194,14 @@ class TrainConfig:
     checkpoint_every_steps: int = option(
         500, "Also write last.pt every N optimizer steps (0 = only at epoch ends).", ge=0, le=MAX_STEPS
     )
-    log_every_steps: int = option(10, "TensorBoard scalars every N optimizer steps.", ge=1, le=MAX_STEPS)
+    log_every_steps: int = option(
+        10, "TensorBoard scalars (and the head's angle statistics) every N optimizer steps.", ge=1, le=MAX_STEPS
+    )
+    on_collapse: Literal["warn", "stop"] = option(
+        "warn",
+        "When a margin head collapses after its warm-up (class centres all one way, or accuracy at chance at "
+        "the collapsed loss): warn once and go on, or stop with exit code 2, keeping the last checkpoint.",
+    )
     dist_timeout: int = option(
         600, "Multi-process runs: seconds a rank waits for the others before it gives up.", ge=10, le=86_400
     )
@@ -243,7 +274,17 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
         lines = "\n".join(f"  {p}" for p in shown)
         raise ConfigError(f"{source}: {count}:\n{lines}")
     # Null head options become the chosen head's defaults, so saved configs state every value used.
-    return dataclasses.replace(config, head=dataclasses.replace(config.head, **head_options(config.head)))
+    head = dataclasses.replace(
+        config.head, **head_options(config.head), margin_warmup_epochs=margin_warmup(config.head)
+    )
+    return dataclasses.replace(config, head=head)
+
+
+def margin_warmup(head: HeadConfig) -> float:
+    """head.margin_warmup_epochs, or the chosen head's default when it is null."""
+    if head.margin_warmup_epochs is not None:
+        return head.margin_warmup_epochs
+    return MARGIN_WARMUP_EPOCHS.get(head.type, 0.0)
 
 
 def head_options(head: HeadConfig) -> dict[str, Any]:
@@ -266,6 +307,13 @@ def _head_problems(head: HeadConfig) -> list[str]:
             f"head.{name}: not an option of head.type={head.type} (it is taken {taken_by}): "
             f"remove it, or set it to null (--set head.{name}=null)"
         )
+    if head.type == "softmax":  # no margin to ramp in or to hold back
+        for name in ("warm_start_epochs", "margin_warmup_epochs"):
+            if getattr(head, name):
+                problems.append(
+                    f"head.{name}: head.type=softmax has no margin to warm up: remove it, or set it to 0 "
+                    f"(--set head.{name}=0)"
+                )
     return problems
 
 

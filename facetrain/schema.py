@@ -111,7 +111,8 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any, str]:
         choices = typing.get_args(hint)
         if value in choices:
             return True, value, ""
-        return False, None, "must be one of " + ", ".join(repr(c) for c in choices)
+        listed = ", ".join(repr(c) for c in choices)
+        return False, None, f"must be {listed}" if len(choices) == 1 else f"must be one of {listed}"
     if origin in (Union, types.UnionType):
         options = typing.get_args(hint)
         if value is None:

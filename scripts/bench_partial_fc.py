@@ -84,7 +84,7 @@ def _worker(rank: int, world: int, port: int, job: dict, out: str) -> None:
                 for param in head.parameters():  # DDP's averaging of the replicated head's gradients
                     distributed.all_reduce(param.grad).div_(world)
             else:
-                loss, _ = head(embeddings, labels, key=step)
+                loss, _, _ = head(embeddings, labels, key=step)
                 loss.backward()
             optimizer.step()
             distributed.barrier()

@@ -10,9 +10,10 @@ Protocol:
   - Training, the same for every head: resnet18, 128-d embedding, ``--image-size`` 64 (the 168x192 images
     are resized to a square, no crop), batch 32, SGD lr 0.05 momentum 0.9, weight decay 5e-4, cosine decay
     after 1 warm-up epoch, ``--epochs``, seeds ``--seeds``, one loader worker, ``--device`` cpu. Every head
-    keeps its default margins (facetrain.config.HEAD_OPTIONS) except the scale, ``--scale`` for each head
-    that takes s (softmax takes none), and ``--option`` values (default: combined as the ArcFace paper's
-    CM1, m2=0.3 m3=0.2). No evaluation during training, so nothing is selected on the test pairs.
+    keeps its default margins (facetrain.config.HEAD_OPTIONS) and margin warm-up
+    (head.margin_warmup_epochs) except the scale, ``--scale`` for each head that takes s (softmax takes
+    none), and ``--option`` values (default: combined as the ArcFace paper's CM1, m2=0.3 m3=0.2). No
+    evaluation during training, so nothing is selected on the test pairs.
   - Evaluation: last.pt after the last epoch, scored by facetrain.evaluation.evaluate.run_eval (what ``facetrain eval``
     runs; flip fusion on): 10-fold accuracy (mean and std over folds), TAR@FAR=1e-2 and ROC AUC.
   - Timing: wall clock of each Trainer.train_epoch (no evaluation, no checkpoint writes; torch's default
@@ -231,11 +232,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pairs-seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("runs/compare_heads"), help="runs and the pairs file")
-    parser.add_argument("--json", type=Path, default=Path("runs/compare_heads/compare_heads.json"))
+    parser.add_argument("--json", type=Path, default=None, help="the table as JSON (default: <out>/compare_heads.json)")
     parser.add_argument("--force", action="store_true", help="redo runs that have a result already")
     args = parser.parse_args(argv)
     if args.option is None:
         args.option = list(DEFAULT_OPTIONS)
+    if args.json is None:
+        args.json = args.out / "compare_heads.json"
     for text in args.option:
         kind = text.partition(".")[0]
         if kind not in HEAD_TYPES or "=" not in text:

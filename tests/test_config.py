@@ -9,6 +9,7 @@ from facetrain.config import (
     HEAD_OPTION_NAMES,
     HEAD_OPTIONS,
     HEAD_TYPES,
+    MARGIN_WARMUP_EPOCHS,
     Config,
     all_keys,
     config_from_dict,
@@ -35,7 +36,10 @@ def problems_of(exc: pytest.ExceptionInfo) -> list[str]:
 
 def test_defaults_are_valid():
     cfg = config_from_dict({})
-    assert cfg == dataclasses.replace(Config(), head=dataclasses.replace(Config().head, **HEAD_OPTIONS["arcface"]))
+    head = dataclasses.replace(
+        Config().head, **HEAD_OPTIONS["arcface"], margin_warmup_epochs=MARGIN_WARMUP_EPOCHS["arcface"]
+    )  # a head's options and its margin warm-up are saved resolved
+    assert cfg == dataclasses.replace(Config(), head=head)
 
 
 def test_typo_gets_did_you_mean(tmp_path):
@@ -234,6 +238,17 @@ def test_an_option_the_head_does_not_take_is_an_error():
         config_from_dict({"head": {"k": 2}})
 
 
+def test_softmax_has_no_margin_to_warm_up():
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict({"head": {"type": "softmax", "warm_start_epochs": 1, "margin_warmup_epochs": 2}})
+    assert problems_of(exc) == [
+        f"head.{name}: head.type=softmax has no margin to warm up: remove it, or set it to 0 (--set head.{name}=0)"
+        for name in ("warm_start_epochs", "margin_warmup_epochs")
+    ]
+    resolved = config_from_dict({"head": {"type": "softmax", "margin_warmup_epochs": 0}})
+    assert config_from_dict(config_to_dict(resolved)) == resolved  # a saved softmax config loads again
+
+
 def test_switching_head_from_the_command_line(tmp_path):
     demo = REPO / "configs" / "demo.yaml"
     assert load_config(demo, ["head.type=cosface"]).head.m == HEAD_OPTIONS["cosface"]["m"]
@@ -291,7 +306,7 @@ def test_every_size_and_count_has_an_upper_bound():
     ("override", "message"),
     [
         ("data.image_size=99999999999999999999", "data.image_size: must be <= 1024, got 99999999999999999999"),
-        ("head.s=inf", "head.s: must be a finite number or null, got 'inf'"),
+        ("head.s=inf", "head.s: must be a finite number or 'auto' or null, got 'inf'"),
         ("data.root=", "data.root: needs a value, but it is empty"),
         ("data.center_crop=abc", "data.center_crop: must be a whole number or a finite number or null, got 'abc'"),
     ],

@@ -146,7 +146,7 @@ CASES: dict[str, Case] = {
         "problem",
     ),
     "epochs_huge": Case(check("train.epochs=99999999999999"), ("train.epochs: must be <= 100000",)),
-    "head_s_inf": Case(check("head.s=inf"), ("head.s: must be a finite number or null", "'inf'")),
+    "head_s_inf": Case(check("head.s=inf"), ("head.s: must be a finite number or 'auto' or null", "'inf'")),
     "empty_root": Case(check("data.root="), ("data.root: needs a value, but it is empty",)),
     "string_for_int": Case(check("train.batch_size=many"), ("train.batch_size: must be a whole number", "'many'")),
     "huge_string_value": Case(check("data.hflip=" + "y" * 100_000), ("data.hflip: must be true or false", "...")),

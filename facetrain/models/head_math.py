@@ -98,5 +98,18 @@ def put_target(
     return base.scatter(1, index, target)
 
 
+def rival_cosines(scores: torch.Tensor, index: torch.Tensor, owned: torch.Tensor | None = None) -> torch.Tensor:
+    """(N,) the highest score of a class other than the true one (``index`` (N, 1), where ``owned``).
+
+    From the top two of each row, so no (N, classes) copy is made; -1 where no other class is scored.
+    """
+    top = scores.detach().topk(min(2, scores.shape[1]), dim=1)
+    is_true = top.indices[:, 0] == index[:, 0]
+    if owned is not None:
+        is_true &= owned[:, 0]
+    second = top.values[:, 1] if scores.shape[1] > 1 else torch.full_like(top.values[:, 0], -1.0)
+    return torch.where(is_true, second, top.values[:, 0])
+
+
 def shard_range(num_classes: int, shard: tuple[int, int] | None) -> tuple[int, int]:
     return (0, num_classes) if shard is None else shard

@@ -45,7 +45,14 @@ class MarginHead(nn.Module):
 
     ``shard = (first, end)``: this module holds only classes ``first..end-1`` of ``num_classes``
     (one rank's slice, see ``facetrain.models.sharded``).
+
+    ``margin_factor`` in [0, 1] is the share of the margins applied now: the trainer sets it before
+    every step from the margin warm-up (``margin``). It is not state: a resumed run recomputes it
+    from the step. ``MARGINS`` names the options it scales.
     """
+
+    MARGINS: tuple[str, ...] = ("m",)
+    margin_factor = 1.0
 
     def __init__(
         self, embedding_dim: int, num_classes: int, s: float, centers_per_class: int = 1,
@@ -66,6 +73,20 @@ class MarginHead(nn.Module):
     @property
     def scale(self) -> float:
         return self.s
+
+    def margin(self, name: str = "m") -> float:
+        """Margin option ``name`` as applied now: ``margin_factor`` of the way from no margin to its value."""
+        value = getattr(self, name)
+        none = 1.0 if name == "m1" else 0.0  # a multiplicative margin is off at 1
+        return none + self.margin_factor * (value - none)
+
+    def collapsed_target(self) -> float:
+        """The true class's unscaled logit at cos(theta) = 1: the value a collapsed head settles at."""
+        return float(self.target(torch.ones(1, 1, dtype=torch.float64)))
+
+    def collapsed_other(self) -> float:
+        """Another class's unscaled logit at cos(theta) = 1."""
+        return 1.0
 
     def center_rows(self, classes: torch.Tensor | None) -> torch.Tensor:
         """The centre rows of ``classes`` (all rows when None); a class's K sub-centres stay together."""
@@ -126,7 +147,7 @@ class ArcFace(MarginHead):
         self.m, self.easy_margin = m, easy_margin
 
     def target(self, target_cos: torch.Tensor) -> torch.Tensor:
-        return additive_angular_margin(target_cos, self.m, self.easy_margin)
+        return additive_angular_margin(target_cos, self.margin(), self.easy_margin)
 
 
 class CosFace(MarginHead):
@@ -141,7 +162,7 @@ class CosFace(MarginHead):
         self.m = m
 
     def target(self, target_cos: torch.Tensor) -> torch.Tensor:
-        return target_cos - self.m
+        return target_cos - self.margin()
 
 
 class CombinedMargin(MarginHead):
@@ -160,6 +181,8 @@ class CombinedMargin(MarginHead):
     ``theta`` comes from ``atan2``, never ``acos``.
     """
 
+    MARGINS = ("m1", "m2", "m3")
+
     def __init__(
         self, embedding_dim: int, num_classes: int, s: float, m1: float, m2: float, m3: float, shard: Shard = None
     ) -> None:
@@ -167,12 +190,13 @@ class CombinedMargin(MarginHead):
         self.m1, self.m2, self.m3 = m1, m2, m3
 
     def target(self, target_cos: torch.Tensor) -> torch.Tensor:
-        if self.m1 == 1.0:
-            return additive_angular_margin(target_cos, self.m2) - self.m3
-        phi = self.m1 * angle(target_cos) + self.m2
+        m1, m2, m3 = self.margin("m1"), self.margin("m2"), self.margin("m3")
+        if m1 == 1.0:
+            return additive_angular_margin(target_cos, m2) - m3
+        phi = m1 * angle(target_cos) + m2
         k = torch.floor(phi.detach() / math.pi)
         sign = 1.0 - 2.0 * torch.remainder(k, 2.0)
-        return sign * torch.cos(phi) - 2.0 * k - self.m3
+        return sign * torch.cos(phi) - 2.0 * k - m3
 
 
 class SubcenterArcFace(MarginHead):
@@ -200,7 +224,7 @@ class SubcenterArcFace(MarginHead):
         return self.subcenter_cosine(embeddings, classes).amax(dim=2)
 
     def target(self, target_cos: torch.Tensor) -> torch.Tensor:
-        return additive_angular_margin(target_cos, self.m, self.easy_margin)
+        return additive_angular_margin(target_cos, self.margin(), self.easy_margin)
 
 
 class CurricularFace(MarginHead):
@@ -224,11 +248,17 @@ class CurricularFace(MarginHead):
         self.m, self.ema_alpha = m, ema_alpha
         self.register_buffer("t", torch.zeros(()))
 
+    def target(self, target_cos: torch.Tensor) -> torch.Tensor:
+        return additive_angular_margin(target_cos, self.margin())
+
+    def collapsed_other(self) -> float:
+        return 1.0 + float(self.t)  # every other class is a hard negative: cos * (t + cos) at cos = 1
+
     def logits(
         self, cosine: torch.Tensor, index: torch.Tensor, embeddings: torch.Tensor, owned: torch.Tensor | None = None
     ) -> torch.Tensor:
         target_cos = cosine.gather(1, index)
-        target = additive_angular_margin(target_cos, self.m)
+        target = self.target(target_cos)
         every_cos, threshold = target_cos.detach(), target.detach()
         if owned is not None:  # a shard: each sample's true class lives on one rank, which shares its values
             every_cos = distributed.all_reduce(torch.where(owned, every_cos, 0.0))
@@ -281,9 +311,12 @@ class AdaFace(MarginHead):
         self, cosine: torch.Tensor, index: torch.Tensor, embeddings: torch.Tensor, owned: torch.Tensor | None = None
     ) -> torch.Tensor:
         q = self.quality(embeddings)  # a shard sees the whole gathered batch, so its statistics match
-        theta = angle(cosine.gather(1, index))
-        target = torch.cos((theta - self.m * q).clamp(0.0, math.pi)) - (self.m + self.m * q)
-        return put_target(cosine, index, target, owned)
+        return put_target(cosine, index, self.target(cosine.gather(1, index), q), owned)
+
+    def target(self, target_cos: torch.Tensor, q: torch.Tensor | float = 0.0) -> torch.Tensor:
+        """The true class's logit at quality ``q`` (0: an average image, CosFace's ``cos theta - m``)."""
+        m = self.margin()
+        return torch.cos((angle(target_cos) - m * q).clamp(0.0, math.pi)) - (m + m * q)
 
 
 class Softmax(nn.Module):
@@ -354,4 +387,12 @@ def build_head(
 
     ``shard = (first, end)``: only classes ``first..end-1``, initialised as that slice of the whole head.
     """
-    return HEADS[cfg.type](embedding_dim, num_classes, **head_options(cfg), shard=shard)
+    options = head_options(cfg)
+    if options.get("s") == "auto":
+        options["s"] = adacos_scale(num_classes)
+    return HEADS[cfg.type](embedding_dim, num_classes, **options, shard=shard)
+
+
+def adacos_scale(num_classes: int) -> float:
+    """AdaCos's fixed scale sqrt(2) * ln(C - 1) (Zhang et al., CVPR 2019), at least 1 (C = 2 would give 0)."""
+    return max(math.sqrt(2.0) * math.log(max(num_classes - 1, 1)), 1.0)

@@ -23,6 +23,7 @@ from torch import nn
 
 from facetrain import distributed
 from facetrain.config import HeadConfig
+from facetrain.models.head_math import rival_cosines
 from facetrain.models.heads import build_head
 
 # Parameters and buffers whose first dimension is one row per class (per sub-centre): cut across ranks.
@@ -30,7 +31,7 @@ ROW_KEYS = ("class_centers", "classifier.weight", "classifier.bias")
 
 
 class ShardedHead(nn.Module):
-    """This rank's slice of the head named by ``cfg``; ``forward`` returns (loss, correct count)."""
+    """This rank's slice of the head named by ``cfg``; ``forward`` returns (loss, correct count, angles)."""
 
     def __init__(self, cfg: HeadConfig, embedding_dim: int, num_classes: int, seed: int = 0) -> None:
         super().__init__()
@@ -46,9 +47,11 @@ class ShardedHead(nn.Module):
         return self.end - self.first
 
     def forward(
-        self, embeddings: torch.Tensor, labels: torch.Tensor, key: int = 0
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, D) embeddings and (B,) labels of this rank -> (mean loss over the global batch, correct count).
+        self, embeddings: torch.Tensor, labels: torch.Tensor, key: int = 0, measure: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(B, D) embeddings and (B,) labels of this rank -> (mean loss over the global batch, correct
+        count, and with ``measure`` the (2, global batch) scores of the true class and of the best other
+        scored class, the same on every rank; else None).
 
         ``key`` numbers the micro-batch (unique within a run), so the sampled classes are a function
         of (seed, key, rank) and a resumed run draws the same ones.
@@ -66,7 +69,12 @@ class ShardedHead(nn.Module):
         scores = self.head.scores(everyone, classes)
         with torch.autocast(everyone.device.type, enabled=False):
             logits = self.head.logits(scores, index, everyone.to(scores.dtype), owned) * self.head.scale
-        return cross_entropy(logits, index, owned), count_correct(scores.detach(), index, owned)
+        truth, best = true_and_best(scores.detach(), index, owned)
+        angles = None
+        if measure:
+            rival = distributed.all_reduce(rival_cosines(scores, index, owned).clone(), "max")
+            angles = torch.stack([truth[:, 0], rival])
+        return cross_entropy(logits, index, owned), (truth >= best).sum(), angles
 
     def sample(self, local: torch.Tensor, owned: torch.Tensor, key: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(sorted local classes to score, each label's position among them) for one micro-batch."""
@@ -127,8 +135,11 @@ def cross_entropy(logits: torch.Tensor, index: torch.Tensor, owned: torch.Tensor
 
 
 @torch.no_grad()
-def count_correct(scores: torch.Tensor, index: torch.Tensor, owned: torch.Tensor) -> torch.Tensor:
-    """Rows whose true class scores highest among every rank's (sampled) classes; a tie counts as correct."""
+def true_and_best(scores: torch.Tensor, index: torch.Tensor, owned: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 1) each row's true-class score and its best score over every rank's (sampled) classes.
+
+    A row is correct where the first is at least the second (a tie counts as correct).
+    """
     best = distributed.all_reduce(scores.max(dim=1, keepdim=True).values.clone(), "max")
     truth = distributed.all_reduce(torch.where(owned, scores.gather(1, index), 0.0))
-    return (truth >= best).sum()
+    return truth, best

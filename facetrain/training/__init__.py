@@ -1,5 +1,5 @@
 """Training: the trainer (setup, fit, save/resume), optimiser and schedule, evaluation during training, logging."""
 
-from facetrain.training.trainer import train
+from facetrain.training.run import train
 
 __all__ = ["train"]

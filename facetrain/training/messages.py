@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import re
 
-from facetrain.config import Config, head_options
+from facetrain.config import Config, head_options, margin_warmup
+from facetrain.models import adacos_scale
 
 log = logging.getLogger("facetrain")
 
@@ -32,15 +33,24 @@ def first_sentence(exc: BaseException) -> str:
     return text.split(". ")[0][:200]
 
 
-def describe_head(cfg: Config) -> str:
-    options = ", ".join(f"{name}={value}" for name, value in head_options(cfg.head).items())
-    return f"{cfg.head.type} ({options})" if options else cfg.head.type
+def describe_head(cfg: Config, num_classes: int) -> str:
+    options = head_options(cfg.head)
+    if options.get("s") == "auto":
+        options["s"] = f"auto={adacos_scale(num_classes):.3g}"
+    if options:  # a margin head
+        if cfg.head.warm_start_epochs:
+            options["warm_start_epochs"] = f"{cfg.head.warm_start_epochs:g}"
+        if margin_warmup(cfg.head):
+            options["margin_warmup_epochs"] = f"{margin_warmup(cfg.head):g}"
+    text = ", ".join(f"{name}={value}" for name, value in options.items())
+    return f"{cfg.head.type} ({text})" if text else cfg.head.type
 
 
 def format_epoch(stats: dict[str, float]) -> str:
     parts = [
         f"loss {stats['loss']:.3f}",
         f"train acc {stats['accuracy']:.3f}",
+        *([f"theta_y {stats['theta_y']:.1f} deg"] if "theta_y" in stats else []),
         f"lr {stats['lr']:.2e}",
         f"{stats['images_per_sec']:.0f} img/s",
     ]

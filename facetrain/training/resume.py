@@ -38,6 +38,11 @@ class Checkpoints:
             return "no checkpoint was written yet"
         return f"the last good checkpoint is {self.checkpoint_path}: continue with --resume {self.checkpoint_path}"
 
+    def _kept_note(self) -> str:
+        if not self.checkpoint_path.exists():
+            return "no checkpoint was written yet"
+        return f"{self.checkpoint_path}, the last checkpoint before this epoch ended, is kept as it was"
+
     def state(self) -> dict[str, Any] | None:
         """The checkpoint, the same at any world size: the whole head, gathered on the main rank.
 

@@ -31,6 +31,10 @@ class TensorBoard:
             for name, value in values.items():
                 writer.add_scalar(name, value, step)
 
+    def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
+        with self._guard() as writer:
+            writer.add_histogram(tag, values, step)
+
     def figure(self, tag: str, figure: Any, step: int) -> None:
         """Logs a matplotlib Figure as an image (rendered with Agg; no pyplot)."""
         import numpy as np

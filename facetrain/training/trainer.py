@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import math
 from dataclasses import dataclass, field
@@ -16,14 +15,11 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from facetrain import distributed
-from facetrain.checkpoint import (
-    load_checkpoint,
-)
-from facetrain.config import Config, dump_config, resolve_config
+from facetrain.config import Config, dump_config
 from facetrain.data import EpochSampler, build_datasets, num_classes_problem, train_loader
 from facetrain.errors import ConfigError, TrainingError
 from facetrain.files import write_text
-from facetrain.models import ShardedHead, build_embedder, build_head
+from facetrain.models import ShardedHead, build_embedder, build_head, rival_cosines
 from facetrain.runtime import (
     autocast,
     resolve_device,
@@ -31,12 +27,12 @@ from facetrain.runtime import (
     seed_everything,
 )
 from facetrain.training import parallel
+from facetrain.training.angles import HeadWatch
 from facetrain.training.messages import describe_head, first_sentence, format_epoch, log_parallel
 from facetrain.training.monitor import Evaluation, Monitor
 from facetrain.training.optim import WarmupDecay, build_optimizer
 from facetrain.training.resume import Checkpoints
 from facetrain.training.rundir import (
-    check_moved,
     check_run_dir,
     clear_previous_run,
     continues,
@@ -106,7 +102,7 @@ class Trainer(Checkpoints):
             "model: %s -> %s embedding, %s head over %d classes; device %s, amp %s; %d steps/epoch",
             cfg.model.backbone,
             cfg.model.embedding_dim,
-            describe_head(cfg),
+            describe_head(cfg, self.data.num_classes),
             self.data.num_classes,
             self.device,
             self.precision.name,
@@ -142,6 +138,7 @@ class Trainer(Checkpoints):
         self.scheduler = WarmupDecay(self.optimizer, cfg.train, cfg.train.epochs * self.steps_per_epoch, warmup)
         self.scaler = parallel.grad_scaler(self.device, self.precision.needs_scaler)
         self.tensorboard = TensorBoard(self.run_dir / "tensorboard", enabled=self.main)
+        self.watch = HeadWatch(cfg, self.head, self.data.num_classes, self.steps_per_epoch, self.tensorboard)
         self.monitor = Monitor(cfg, self.data.val, self.device, self.precision, self.tensorboard)
         self.best_value: float | None = None
         if self.world > 1:  # ranks share their weights, not their dropout masks
@@ -252,6 +249,9 @@ class Trainer(Checkpoints):
         self.model.train()
         self.head.train()
         self.sampler.set_epoch(self.epoch, start=self.samples_in_epoch)
+        # The epoch's first step on the schedules' scale (it follows the epochs across world sizes), also when
+        # resumed partway through it, so the collapse check sees the epochs an uninterrupted run sees.
+        first_step = self.scheduler.step_count - math.ceil(self.batch_in_epoch / cfg.grad_accum_steps)
         batches = iter(self.loader)
         epoch_meter, log_meter = Meter(), Meter()
         bar = tqdm(
@@ -280,12 +280,14 @@ class Trainer(Checkpoints):
         self.batch_in_epoch, self.offset = 0, 0
         stats = epoch_meter.read()
         stats["lr"] = self.scheduler.lr
+        self.watch.end_epoch(stats, self.epoch, self.step, first_step, self._kept_note)  # may stop the run
         return stats
 
     def train_step(self, batches: Any, group: int, meters: tuple[Meter, ...]) -> torch.Tensor:
         """One optimizer step over ``group`` micro-batches; returns the gradient norm before clipping."""
         cfg = self.config.train
         self.optimizer.zero_grad(set_to_none=True)
+        measure = self.watch.start_step(self.scheduler.step_count, self.step)  # sets this step's margin
         for index in range(group):
             images, labels = next(batches)
             images = images.to(self.device, non_blocking=True)
@@ -293,7 +295,7 @@ class Trainer(Checkpoints):
             # DDP all-reduces the embedder's gradients once per optimizer step, after the last micro-batch.
             last = index == group - 1
             with contextlib.nullcontext() if last or self.model is self.embedder else self.model.no_sync():
-                loss, correct = self.forward_loss(images, labels, self.step * cfg.grad_accum_steps + index)
+                loss, correct = self.forward_loss(images, labels, self.step * cfg.grad_accum_steps + index, measure)
                 # Each micro-batch has the same size (drop_last), so dividing by the group size
                 # makes the accumulated gradient the mean over the whole group.
                 self.scaler.scale(loss / group).backward()
@@ -314,13 +316,24 @@ class Trainer(Checkpoints):
         self.step += 1
         return grad_norm
 
-    def forward_loss(self, images: torch.Tensor, labels: torch.Tensor, key: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean loss over the global batch, correct count over the global batch) for one micro-batch."""
+    def forward_loss(
+        self, images: torch.Tensor, labels: torch.Tensor, key: int, measure: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean loss over the global batch, correct count over the global batch) for one micro-batch.
+
+        With ``measure``, the head's angles for this batch go to ``self.watch``.
+        """
         with autocast(self.device, self.precision):
             embeddings = self.model(images)
         if self.sharded:
-            return self.head(embeddings, labels, key)
+            loss, correct, angles = self.head(embeddings, labels, key, measure)
+            if angles is not None:
+                self.watch.add(*angles)
+            return loss, correct
         logits, cosine = self.head(embeddings, labels)  # float32 margin math
+        if measure:
+            index = labels.view(-1, 1)
+            self.watch.add(cosine.gather(1, index)[:, 0], rival_cosines(cosine, index))
         return F.cross_entropy(logits, labels), (cosine.argmax(dim=1) == labels).sum()
 
     def _log_step(self, meter: Meter, grad_norm: torch.Tensor, bar: tqdm) -> None:
@@ -328,41 +341,11 @@ class Trainer(Checkpoints):
         meter.reset()
         lr = self.optimizer.param_groups[0]["lr"]
         bar.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{lr:.2e}", img_s=f"{stats['images_per_sec']:.0f}")
-        self.tensorboard.scalars(
-            {
-                "train/loss": stats["loss"],
-                "train/lr": lr,
-                "train/accuracy": stats["accuracy"],
-                "train/images_per_sec": stats["images_per_sec"],
-                "train/grad_norm": float(grad_norm),
-            },
-            self.step,
-        )
-
-
-def train(
-    config: Config | None,
-    resume: str | Path | None = None,
-    overrides: list[str] | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> FitResult:
-    """Trains ``config``; without one, resumes with the config saved in ``resume`` plus ``overrides``.
-
-    The checkpoint to resume is read once, here, and handed to the trainer (memory-mapped under torchrun,
-    so the ranks of a node do not each hold a copy of the whole classifier). Under torchrun the process
-    group lives exactly as long as the run.
-    """
-    state = load_checkpoint(resume, mmap=distributed.launched()) if resume else None
-    if config is None:
-        if state is None:
-            raise ConfigError("give a config, or a checkpoint to resume")
-        # A copy: the saved config stays as it was, so resuming can list what the overrides changed.
-        raw = copy.deepcopy(state["config"])
-        config = resolve_config(raw, overrides or [], source=f"config inside '{resume}'")
-        check_moved(Path(resume), config.run_dir, overrides or [])
-    device = distributed.device_for(resolve_device(config.train.device))
-    with distributed.process_group(device, config.train.dist_timeout):
-        trainer = Trainer(config, resume=resume, overwrite=overwrite, progress=progress, resume_state=state)
-        trainer.setup()
-        return trainer.fit()
+        values = {
+            "train/loss": stats["loss"],
+            "train/lr": lr,
+            "train/accuracy": stats["accuracy"],
+            "train/images_per_sec": stats["images_per_sec"],
+            "train/grad_norm": float(grad_norm),
+        }
+        self.tensorboard.scalars(values | self.watch.step_scalars(stats["accuracy"]), self.step)

@@ -97,6 +97,13 @@ def train_recording(cfg, stop_at_epoch=None, resume=None) -> tuple[Trainer, list
     return trainer, losses
 
 
+def logged(run_dir: Path, tag: str) -> list[float]:
+    """A TensorBoard scalar's values, step by step, as the run's main rank wrote them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    return [event.value for event in EventAccumulator(str(run_dir / "tensorboard")).Reload().Scalars(tag)]
+
+
 def full_weights(path: Path) -> dict[str, torch.Tensor]:
     state = load_checkpoint(path)
     return {**{f"e.{k}": v for k, v in state["embedder"].items()}, **{f"h.{k}": v for k, v in state["head"].items()}}
@@ -130,7 +137,7 @@ def _partial_fc_check() -> None:
     labels = torch.randint(0, classes, (world * 6,), generator=generator)
     mine = slice(rank * 6, rank * 6 + 6)
     own_embeddings = embeddings[mine].clone().requires_grad_()
-    loss, _ = sharded(own_embeddings, labels[mine], key=7)
+    loss, _, _ = sharded(own_embeddings, labels[mine], key=7)
 
     local = labels - sharded.first
     owned = (local >= 0) & (local < sharded.local_classes)
@@ -205,6 +212,11 @@ def test_two_ranks_match_one_process_with_the_combined_batch(faces, tmp_path):
             for key in expected:
                 assert torch.allclose(got[key], expected[key], atol=1e-5), (head, key)
             assert load_checkpoint(tmp_path / "two" / head / "last.pt")["world_size"] == 2
+            if head != "softmax":  # the angle statistics are the global batch's, whatever the world size
+                for tag in ("train/theta_y_deg", "train/theta_rival_deg", "train/center_cosine"):
+                    one, two = logged(tmp_path / "one" / head, tag), logged(tmp_path / "two" / head, tag)
+                    assert len(one) == len(two) == 8, (head, tag)
+                    assert max(abs(a - b) for a, b in zip(one, two, strict=True)) < 1e-3, (head, tag, one, two)
         # Accumulating 2 micro-batches of 2 ranks x 2 is one process accumulating 2 micro-batches of 4.
         _, single = train_recording(config(faces, tmp_path / "one" / "accum", batch_size=4, grad_accum_steps=2))
         two = json.loads((tmp_path / "two" / "accum.json").read_text())
@@ -245,7 +257,8 @@ def test_sampling_keeps_positives_on_one_process():
     cfg = HeadConfig(type="arcface", s=16.0, m=0.2, sample_rate=0.1)
     head = ShardedHead(cfg, 8, 100, seed=0).train()
     labels = torch.tensor([3, 3, 50, 97, 12, 50])
-    loss, correct = head(torch.randn(6, 8, requires_grad=True), labels, key=1)
+    loss, correct, angles = head(torch.randn(6, 8, requires_grad=True), labels, key=1)
+    assert angles is None  # measured only when asked (a log step)
     chosen, position = head.sample(labels, torch.ones(6, dtype=torch.bool), key=1)
     assert len(chosen) == 10 and {3, 12, 50, 97} <= set(chosen.tolist())
     assert torch.equal(chosen[position], labels)
