@@ -45,8 +45,11 @@ def train(
     device = distributed.device_for(resolve_device(config.train.device))
     with distributed.process_group(device, config.train.dist_timeout):
         trainer = Trainer(config, resume=resume, overwrite=overwrite, progress=progress, resume_state=state)
-        trainer.setup()
-        return trainer.fit()
+        try:
+            trainer.setup()
+            return trainer.fit()
+        finally:
+            trainer.release()  # even when an error's traceback keeps the trainer alive
 
 
 def _before_the_warm_up(state: dict) -> bool:

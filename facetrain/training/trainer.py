@@ -208,6 +208,12 @@ class Trainer(Checkpoints):
         result.epochs_done, result.steps_done = self.epoch, self.step
         return result
 
+    def release(self) -> None:
+        """Lets go of the DistributedDataParallel wrapper, so that ``distributed.process_group`` can
+        collect it while the process group still exists; the trainer then holds the bare embedder."""
+        if hasattr(self, "model"):
+            self.model = self.embedder
+
     def _fit_epochs(self, result: FitResult, last_epoch: int) -> None:
         with logging_redirect_tqdm(loggers=[log]):
             if self.monitor.active:
