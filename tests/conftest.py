@@ -7,6 +7,7 @@ import logging
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -32,6 +33,23 @@ def make_faces(
             pixels = (noisy * 255).byte().permute(1, 2, 0).numpy()
             Image.fromarray(pixels).save(folder / f"img{index:02d}.png")
     return root
+
+
+def background(width: int, height: int, seed: int = 0) -> torch.Tensor:
+    """A (3, H, W) uint8 scene without a face: smooth random colour blobs with a little noise."""
+    generator = torch.Generator().manual_seed(seed)
+    low = torch.rand(3, height // 32 + 2, width // 32 + 2, generator=generator)
+    smooth = torch.nn.functional.interpolate(low[None], size=(height, width), mode="bicubic", align_corners=False)[0]
+    return (smooth * 200 + 20 + 8 * torch.randn(3, height, width, generator=generator)).clamp(0, 255).byte()
+
+
+def paste(canvas: torch.Tensor, face: Path, scale: float, x: int, y: int) -> torch.Tensor:
+    """A face photo (say, ORL's) resized by ``scale`` with its top-left corner at (x, y) on ``canvas``
+    (edited in place): a raw photo whose face is at a known place."""
+    image = Image.open(face).convert("RGB")
+    resized = image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
+    canvas[:, y : y + resized.height, x : x + resized.width] = torch.from_numpy(np.array(resized)).permute(2, 0, 1)
+    return canvas
 
 
 def tiny_config(data_root: Path, run_dir: Path, **sections: dict) -> Config:

@@ -31,6 +31,7 @@ app.command("embed")(deploy.embed_command)
 app.command("check")(diagnostics.check_command)
 app.command("pack")(data.pack_command)
 app.command("unpack")(data.unpack_command)
+app.command("align")(data.align_command)
 
 
 @app.command()

@@ -68,14 +68,20 @@ def verify_command(
     threshold: Annotated[
         float | None, typer.Option("--threshold", help="Decision threshold (default: the one stored in the model).")
     ] = None,
+    align: Annotated[
+        bool, typer.Option("--align", help="Detect and align each face first (raw photos, not crops).")
+    ] = False,
 ) -> None:
     """Cosine score of two face images with an exported model, and same/different at a threshold.
+
+    With --align, each image is a raw photo: its face is detected and aligned onto the 112x112
+    ArcFace crop, then gets the model's preprocessing.
 
     Example: facetrain verify runs/demo/model.pt facetrain/assets/orl/s1/1.pgm facetrain/assets/orl/s1/2.pgm
     """
     from facetrain.deploy import verify_pair
 
-    result = verify_pair(model, image1, image2, threshold)
+    result = verify_pair(model, image1, image2, threshold, align=align)
     typer.echo(f"score: {result.score:.4f}")
     if result.same is None:
         typer.echo("no threshold: pass --threshold, or export with --threshold-from EVAL_JSON")
@@ -96,10 +102,14 @@ def embed_command(
     workers: Annotated[int, typer.Option("--workers", min=0, max=256, help="DataLoader worker processes.")] = 2,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = None,
+    align: Annotated[
+        bool, typer.Option("--align", help="Detect and align each face first (raw photos, not crops).")
+    ] = False,
 ) -> None:
     """Embed every image of a folder: L2-normalised embeddings, relative paths and identity labels.
 
-    Exit code 3 when some files could not be read (they are listed and skipped).
+    Exit code 3 when some files could not be read (they are listed and skipped). With --align, each
+    image is a raw photo whose face is detected and aligned first; photos without one are skipped.
 
     Example: facetrain embed --checkpoint runs/demo/best.pt --images facetrain/assets/orl --out orl.npz
     """
@@ -109,11 +119,12 @@ def embed_command(
     result = embed_folder(
         images, out, checkpoint=checkpoint, model=model, fmt=out_format, batch_size=batch_size,
         device=resolve_device(device, "--device"), num_workers=workers,
-        progress=sys.stderr.isatty() if progress is None else progress,
+        progress=sys.stderr.isatty() if progress is None else progress, align=align,
     )  # fmt: skip
     for path, reason in result.skipped:
         typer.echo(f"skipped: {path}: {reason}", err=True)
     typer.echo(f"embeddings: {result.out} ({result.count} images, {result.images_per_sec:.1f} images/s)")
     if result.skipped:
-        typer.echo(f"{len(result.skipped)} unreadable files skipped", err=True)
+        what = "files skipped (unreadable, or no face found)" if align else "unreadable files skipped"
+        typer.echo(f"{len(result.skipped)} {what}", err=True)
         raise typer.Exit(3)

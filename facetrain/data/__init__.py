@@ -1,5 +1,6 @@
 """Data: identity folders and ``.rec`` files, datasets and loaders, packing, and the shared preprocessing."""
 
+from facetrain.data.align import Aligner, AlignOptions, align_folder, parse_size
 from facetrain.data.folders import (
     FaceDataset,
     build_datasets,
@@ -9,20 +10,25 @@ from facetrain.data.folders import (
 )
 from facetrain.data.loaders import EpochSampler, eval_loader, quiet_worker, train_loader
 from facetrain.data.pack import pack_folder, unpack_records
-from facetrain.data.preprocess import IMAGE_EXTENSIONS, MEAN, STD, Preprocess
+from facetrain.data.preprocess import IMAGE_EXTENSIONS, MEAN, STD, Preprocess, find_images
 from facetrain.data.records import sample_records
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "MEAN",
     "STD",
+    "AlignOptions",
+    "Aligner",
     "EpochSampler",
     "FaceDataset",
     "Preprocess",
+    "align_folder",
     "build_datasets",
     "eval_loader",
+    "find_images",
     "num_classes_problem",
     "pack_folder",
+    "parse_size",
     "quiet_worker",
     "sample_records",
     "scan_identities",

@@ -9,7 +9,6 @@ an exported model returns for the same file.
 from __future__ import annotations
 
 import csv
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from facetrain.data import IMAGE_EXTENSIONS, Preprocess
+from facetrain.data import IMAGE_EXTENSIONS, Aligner, Preprocess, find_images
 from facetrain.deploy.deployed import load_exported
 from facetrain.errors import ConfigError, DataError
 from facetrain.evaluation import load_model
@@ -39,42 +38,24 @@ class EmbedResult:
     images_per_sec: float = 0.0
 
 
-def find_images(root: Path) -> tuple[list[Path], bool]:
-    """Image files under ``root`` in sorted order, and whether any lie in a sub-folder.
-
-    Hidden files and folders are ignored. Symlinked folders are followed, each real folder once.
-    """
-    found: list[Path] = []
-    seen: set[str] = set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen:  # a symlink loop or a folder linked twice
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found.extend(
-            Path(folder, name)
-            for name in files
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
-        )
-    # Sorting by path parts keeps each folder's files together (a plain string sort would not).
-    found.sort(key=lambda path: path.relative_to(root).parts)
-    return found, any(len(path.relative_to(root).parts) > 1 for path in found)
-
-
 class _Files(Dataset):
     """Preprocessed images; a file that fails to decode yields its error message instead."""
 
-    def __init__(self, paths: list[Path], preprocess: Preprocess) -> None:
-        self.paths, self.preprocess = paths, preprocess
+    def __init__(self, paths: list[Path], preprocess: Preprocess, align: bool = False) -> None:
+        self.paths, self.preprocess, self.align = paths, preprocess, align
+        self._aligner: Aligner | None = None  # made in each worker process on first use
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:
-            return index, self.preprocess.load(self.paths[index]), None
+            if not self.align:
+                return index, self.preprocess.load(self.paths[index]), None
+            if self._aligner is None:
+                self._aligner = Aligner()
+            path = self.paths[index]
+            return index, self.preprocess(self._aligner.crop_file(path), source=str(path)), None
         except DataError as exc:
             return index, None, str(exc)
 
@@ -100,12 +81,15 @@ def embed_folder(
     device: torch.device,
     num_workers: int = 0,
     progress: bool = False,
+    align: bool = False,
 ) -> EmbedResult:
     """Embeds every image under ``images`` and writes them to ``out`` as ``.npz`` or ``.csv``.
 
     Give exactly one of ``checkpoint`` (a facetrain training checkpoint) or ``model`` (a file from
     ``facetrain export``). Embeddings are L2-normalised float32 without flip fusion. Files that
-    cannot be decoded are skipped and listed in the result rather than stopping the run.
+    cannot be decoded are skipped and listed in the result rather than stopping the run. With
+    ``align``, each photo's face is detected and aligned onto the 112x112 ArcFace crop first (on CPU,
+    in the loader's workers); photos without a face are skipped and listed likewise.
     """
     if (checkpoint is None) == (model is None):
         raise ConfigError("give exactly one of --checkpoint or --model")
@@ -137,7 +121,7 @@ def embed_folder(
         preprocess, precision = metadata.preprocess, Precision(None)
 
     relative = [path.relative_to(root).as_posix() for path in paths]
-    dataset = _Files(paths, preprocess)
+    dataset = _Files(paths, preprocess, align)
     kept, vectors, skipped, seconds = _run(embedder, dataset, device, precision, batch_size, num_workers, progress)
     if not kept:
         first = skipped[0][1]

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facetrain.data import Preprocess
+from facetrain.data import Aligner, Preprocess
 from facetrain.deploy.deployed import METADATA_NAME, ModelMetadata, check_threshold, load_exported
 from facetrain.errors import CheckpointError, ConfigError, DataError, ShapeError
 from facetrain.evaluation import load_model
@@ -122,16 +122,22 @@ def export_model(
 
 
 def verify_pair(
-    model_path: str | Path, image1: str | Path, image2: str | Path, threshold: float | None = None
+    model_path: str | Path, image1: str | Path, image2: str | Path, threshold: float | None = None, align: bool = False
 ) -> VerifyResult:
     """Cosine similarity of two face images under an exported TorchScript model.
 
-    Both images get the preprocessing stored in the model's metadata, which is the training one.
+    Both images get the preprocessing stored in the model's metadata, which is the training one;
+    with ``align``, each photo's face is first detected and aligned onto the 112x112 ArcFace crop.
     The threshold is ``threshold`` when given, else the one stored at export, else none.
     """
     with _quiet_jit():
         model, metadata = load_exported(model_path)
-    batch = torch.stack([metadata.preprocess.load(image1), metadata.preprocess.load(image2)])
+    if align:
+        aligner = Aligner()
+        load = lambda path: metadata.preprocess(aligner.crop_file(path), source=str(path))  # noqa: E731
+    else:
+        load = metadata.preprocess.load
+    batch = torch.stack([load(image1), load(image2)])
     with torch.no_grad():
         embeddings = model(batch).float()
     score = float(embeddings[0] @ embeddings[1])

@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from conftest import make_faces, tiny_config
 
+from facetrain.data import find_images
 from facetrain.deploy.deployed import METADATA_NAME, ModelMetadata
-from facetrain.deploy.embed import embed_folder, find_images
+from facetrain.deploy.embed import embed_folder
 from facetrain.errors import ConfigError, DataError
 from facetrain.evaluation.evaluate import load_model
 from facetrain.training.trainer import Trainer
@@ -185,3 +186,35 @@ def test_cli_embed_and_its_exit_code_for_skipped_files(setup, tmp_path):
     assert partial.exit_code == 3
     assert "skipped: id00/zz.png" in partial.stderr and "1 unreadable files skipped" in partial.stderr
     assert load_npz(tmp_path / "p.npz")["embeddings"].shape[0] == load_npz(tmp_path / "e.npz")["embeddings"].shape[0]
+
+
+def test_embed_align_detects_aligns_and_skips_photos_without_a_face(setup, tmp_path):
+    from conftest import ORL, background, paste
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from facetrain.cli import app
+    from facetrain.data import Aligner
+
+    _, checkpoint = setup
+    photos = tmp_path / "photos"
+    for name, (face, x) in {"a": (ORL / "s1" / "1.pgm", 30), "b": (ORL / "s2" / "1.pgm", 90)}.items():
+        (photos / name).mkdir(parents=True)
+        scene = paste(background(260, 220, seed=x), face, 1.3, x, 40)
+        Image.fromarray(scene.permute(1, 2, 0).numpy()).save(photos / name / "1.png")
+    Image.fromarray(background(200, 200).permute(1, 2, 0).numpy()).save(photos / "a" / "empty.png")
+    result = CliRunner().invoke(app, ["embed", "--checkpoint", str(checkpoint), "--images", str(photos),
+                                      "--out", str(tmp_path / "e.npz"), "--workers", "0", "--align"])  # fmt: skip
+    assert result.exit_code == 3, result.output
+    assert "skipped: a/empty.png: no face of at least 20 px found" in result.stderr
+    assert "1 files skipped (unreadable, or no face found)" in result.stderr
+    data = load_npz(tmp_path / "e.npz")
+    assert data["paths"].tolist() == ["a/1.png", "b/1.png"]
+    # Each row is the embedding of the aligned 112x112 crop under the model's own preprocessing.
+    loaded = load_model(checkpoint, CPU)
+    crop = Aligner().crop_file(photos / "b" / "1.png")
+    with torch.no_grad():
+        direct = F.normalize(loaded.embedder(loaded.preprocess(crop)[None]), dim=1)
+    np.testing.assert_allclose(data["embeddings"][1], direct[0].numpy(), atol=1e-5)
+    unaligned = embed_folder(photos / "b", tmp_path / "u.npz", checkpoint=checkpoint, device=CPU)
+    assert unaligned.count == 1 and not np.allclose(load_npz(tmp_path / "u.npz")["embeddings"][0], direct[0].numpy())

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import make_faces, tiny_config
+from PIL import Image
 
 from facetrain import __version__
 from facetrain.checkpoint import save_checkpoint
@@ -324,3 +325,33 @@ def test_cli_export_and_verify(exported: Exported, tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "unknown format 'tf'" in bad.stderr
     missing = runner.invoke(app, ["verify", str(tmp_path / "none.pt"), image, image])
     assert missing.exit_code == 2 and "not found" in missing.stderr
+
+
+def test_verify_align_scores_the_aligned_faces(exported: Exported, tmp_path: Path) -> None:
+    from conftest import ORL, background, paste
+
+    from facetrain.data import Aligner
+
+    photos = []
+    for index, (x, scale) in enumerate(((20, 1.0), (120, 1.8))):  # the same face, elsewhere and larger
+        scene = paste(background(300, 260, seed=index), ORL / "s3" / "2.pgm", scale, x, 30)
+        photos.append(tmp_path / f"{index}.png")
+        Image.fromarray(scene.permute(1, 2, 0).numpy()).save(photos[-1])
+    aligned = verify_pair(exported.model, photos[0], photos[1], align=True)
+    crops = [Aligner().crop_file(photo) for photo in photos]
+    expected = eager(exported.embedder, torch.stack([Preprocess(32, 0.9)(crop) for crop in crops]))
+    assert aligned.score == pytest.approx(float(expected[0] @ expected[1]), abs=1e-5)
+    plain = verify_pair(exported.model, photos[0], photos[1])
+    assert aligned.score > plain.score  # aligned, the two photos of one face agree far better
+    empty = tmp_path / "empty.png"
+    Image.fromarray(background(120, 120).permute(1, 2, 0).numpy()).save(empty)
+    with pytest.raises(DataError, match="no face of at least 20 px found in .*empty.png"):
+        verify_pair(exported.model, photos[0], empty, align=True)
+    from typer.testing import CliRunner
+
+    from facetrain.cli import app
+
+    said = CliRunner().invoke(app, ["verify", str(exported.model), str(photos[0]), str(photos[1]), "--align"])
+    assert said.exit_code == 0 and said.stdout.startswith(f"score: {aligned.score:.4f}"), said.output
+    refused = CliRunner().invoke(app, ["verify", str(exported.model), str(photos[0]), str(empty), "--align"])
+    assert refused.exit_code == 2 and "leave out --align" in refused.stderr and "Traceback" not in refused.output
