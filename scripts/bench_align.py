@@ -30,7 +30,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from facetrain.data.align import Aligner, AlignOptions, align_folder
-from facetrain.data.align.aligner import _Photo
+from facetrain.data.align.aligner import Photo
 
 ORL = Path(__file__).resolve().parents[1] / "facetrain" / "assets" / "orl"
 # name: ((width, height), face scale, --min-face). The last row looks for faces of the same share of
@@ -63,7 +63,7 @@ def time_photo(aligner: Aligner, path: Path, repeats: int, device: torch.device)
     totals, decodes, detects = [], [], []
     for _ in range(repeats + 1):  # the first is a warm-up
         start = time.perf_counter()
-        photo = _Photo.open(path)
+        photo = Photo.open(path)
         decoded = time.perf_counter()
         faces = aligner.detector.detect(photo.pixels, photo.scale)
         sync()

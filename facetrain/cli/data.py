@@ -126,8 +126,9 @@ def align_command(
     counts = result.counts
     done = sum(counts.values())
     speed = f", {result.seconds / done * 1000:.0f} ms a photo" if done else ""
+    aligned = counts["aligned"] + counts["multiple_faces"]
     typer.echo(
-        f"aligned {done - result.skipped} of {done} photos into {result.out} ({result.crops} crops{speed}); "
+        f"aligned {aligned} of {done} photos into {result.out} ({result.crops} crops{speed}); "
         f"{result.already} already aligned by an earlier run"
     )
     notes = [
@@ -135,6 +136,7 @@ def align_command(
         (counts["center_crop"], "without a face, centre-cropped"),
         (counts["no_face"], "without a face, skipped"),
         (counts["unreadable"], "unreadable, skipped"),
+        (counts["unwritable"], "whose crop could not be written, skipped"),
     ]
     said = [f"{count} {what}" for count, what in notes if count]
     if said:

@@ -71,17 +71,20 @@ def verify_command(
     align: Annotated[
         bool, typer.Option("--align", help="Detect and align each face first (raw photos, not crops).")
     ] = False,
+    align_size: Annotated[
+        str, typer.Option("--align-size", help="With --align: the crop the model was trained on (as align --size).")
+    ] = "112",
 ) -> None:
     """Cosine score of two face images with an exported model, and same/different at a threshold.
 
-    With --align, each image is a raw photo: its face is detected and aligned onto the 112x112
-    ArcFace crop, then gets the model's preprocessing.
+    With --align, each image is a raw photo: its face is detected and aligned onto the ArcFace crop
+    (112x112, or --align-size), then gets the model's preprocessing.
 
     Example: facetrain verify runs/demo/model.pt facetrain/assets/orl/s1/1.pgm facetrain/assets/orl/s1/2.pgm
     """
     from facetrain.deploy import verify_pair
 
-    result = verify_pair(model, image1, image2, threshold, align=align)
+    result = verify_pair(model, image1, image2, threshold, align=_align(align, align_size))
     typer.echo(f"score: {result.score:.4f}")
     if result.same is None:
         typer.echo("no threshold: pass --threshold, or export with --threshold-from EVAL_JSON")
@@ -105,6 +108,9 @@ def embed_command(
     align: Annotated[
         bool, typer.Option("--align", help="Detect and align each face first (raw photos, not crops).")
     ] = False,
+    align_size: Annotated[
+        str, typer.Option("--align-size", help="With --align: the crop the model was trained on (as align --size).")
+    ] = "112",
 ) -> None:
     """Embed every image of a folder: L2-normalised embeddings, relative paths and identity labels.
 
@@ -119,7 +125,7 @@ def embed_command(
     result = embed_folder(
         images, out, checkpoint=checkpoint, model=model, fmt=out_format, batch_size=batch_size,
         device=resolve_device(device, "--device"), num_workers=workers,
-        progress=sys.stderr.isatty() if progress is None else progress, align=align,
+        progress=sys.stderr.isatty() if progress is None else progress, align=_align(align, align_size),
     )  # fmt: skip
     for path, reason in result.skipped:
         typer.echo(f"skipped: {path}: {reason}", err=True)
@@ -128,3 +134,11 @@ def embed_command(
         what = "files skipped (unreadable, or no face found)" if align else "unreadable files skipped"
         typer.echo(f"{len(result.skipped)} {what}", err=True)
         raise typer.Exit(3)
+
+
+def _align(align: bool, size: str) -> tuple[int, int] | None:
+    """The crop size for --align (checked even without it, so a typo is not silently ignored)."""
+    from facetrain.data import parse_size
+
+    parsed = parse_size(size, "--align-size")
+    return parsed if align else None

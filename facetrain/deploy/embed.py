@@ -41,7 +41,7 @@ class EmbedResult:
 class _Files(Dataset):
     """Preprocessed images; a file that fails to decode yields its error message instead."""
 
-    def __init__(self, paths: list[Path], preprocess: Preprocess, align: bool = False) -> None:
+    def __init__(self, paths: list[Path], preprocess: Preprocess, align: tuple[int, int] | None = None) -> None:
         self.paths, self.preprocess, self.align = paths, preprocess, align
         self._aligner: Aligner | None = None  # made in each worker process on first use
 
@@ -50,10 +50,10 @@ class _Files(Dataset):
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:
-            if not self.align:
+            if self.align is None:
                 return index, self.preprocess.load(self.paths[index]), None
             if self._aligner is None:
-                self._aligner = Aligner()
+                self._aligner = Aligner(size=self.align)
             path = self.paths[index]
             return index, self.preprocess(self._aligner.crop_file(path), source=str(path)), None
         except DataError as exc:
@@ -81,14 +81,15 @@ def embed_folder(
     device: torch.device,
     num_workers: int = 0,
     progress: bool = False,
-    align: bool = False,
+    align: tuple[int, int] | None = None,
 ) -> EmbedResult:
     """Embeds every image under ``images`` and writes them to ``out`` as ``.npz`` or ``.csv``.
 
     Give exactly one of ``checkpoint`` (a facetrain training checkpoint) or ``model`` (a file from
     ``facetrain export``). Embeddings are L2-normalised float32 without flip fusion. Files that
     cannot be decoded are skipped and listed in the result rather than stopping the run. With
-    ``align``, each photo's face is detected and aligned onto the 112x112 ArcFace crop first (on CPU,
+    ``align`` (a crop's width and height), each photo's face is detected and aligned onto the ArcFace
+    template of that size first (on CPU,
     in the loader's workers); photos without a face are skipped and listed likewise.
     """
     if (checkpoint is None) == (model is None):

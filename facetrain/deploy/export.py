@@ -122,18 +122,23 @@ def export_model(
 
 
 def verify_pair(
-    model_path: str | Path, image1: str | Path, image2: str | Path, threshold: float | None = None, align: bool = False
+    model_path: str | Path,
+    image1: str | Path,
+    image2: str | Path,
+    threshold: float | None = None,
+    align: tuple[int, int] | None = None,
 ) -> VerifyResult:
     """Cosine similarity of two face images under an exported TorchScript model.
 
     Both images get the preprocessing stored in the model's metadata, which is the training one;
-    with ``align``, each photo's face is first detected and aligned onto the 112x112 ArcFace crop.
+    with ``align`` (a crop's width and height), each photo's face is first detected and aligned onto
+    the ArcFace template of that size.
     The threshold is ``threshold`` when given, else the one stored at export, else none.
     """
     with _quiet_jit():
         model, metadata = load_exported(model_path)
-    if align:
-        aligner = Aligner()
+    if align is not None:
+        aligner = Aligner(size=align)
         load = lambda path: metadata.preprocess(aligner.crop_file(path), source=str(path))  # noqa: E731
     else:
         load = metadata.preprocess.load

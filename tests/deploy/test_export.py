@@ -337,7 +337,7 @@ def test_verify_align_scores_the_aligned_faces(exported: Exported, tmp_path: Pat
         scene = paste(background(300, 260, seed=index), ORL / "s3" / "2.pgm", scale, x, 30)
         photos.append(tmp_path / f"{index}.png")
         Image.fromarray(scene.permute(1, 2, 0).numpy()).save(photos[-1])
-    aligned = verify_pair(exported.model, photos[0], photos[1], align=True)
+    aligned = verify_pair(exported.model, photos[0], photos[1], align=(112, 112))
     crops = [Aligner().crop_file(photo) for photo in photos]
     expected = eager(exported.embedder, torch.stack([Preprocess(32, 0.9)(crop) for crop in crops]))
     assert aligned.score == pytest.approx(float(expected[0] @ expected[1]), abs=1e-5)
@@ -346,7 +346,7 @@ def test_verify_align_scores_the_aligned_faces(exported: Exported, tmp_path: Pat
     empty = tmp_path / "empty.png"
     Image.fromarray(background(120, 120).permute(1, 2, 0).numpy()).save(empty)
     with pytest.raises(DataError, match="no face of at least 20 px found in .*empty.png"):
-        verify_pair(exported.model, photos[0], empty, align=True)
+        verify_pair(exported.model, photos[0], empty, align=(112, 112))
     from typer.testing import CliRunner
 
     from facetrain.cli import app

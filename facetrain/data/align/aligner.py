@@ -86,7 +86,7 @@ class Aligner:
         photos, where = [], []
         for index, path in enumerate(paths):
             try:
-                photos.append(_Photo.open(path))
+                photos.append(Photo.open(path))
                 where.append(index)
             except DataError as exc:
                 results[index] = Aligned(status="unreadable", detail=str(exc))
@@ -94,7 +94,7 @@ class Aligner:
             results[index] = aligned
         return [result for result in results if result is not None]
 
-    def align_photos(self, photos: list[_Photo]) -> list[Aligned]:
+    def align_photos(self, photos: list[Photo]) -> list[Aligned]:
         found = self.detector.detect_batch([photo.pixels for photo in photos], [photo.scale for photo in photos])
         return [self._crops(photo, faces) for photo, faces in zip(photos, found, strict=True)]
 
@@ -103,7 +103,7 @@ class Aligner:
 
         A ``DataError`` says when the photo has no face the detector can find.
         """
-        aligned = self.align_photos([_Photo.open(Path(path))])[0]
+        aligned = self.align_photos([Photo.open(Path(path))])[0]
         if not aligned.crops:
             raise DataError(
                 f"no face of at least {self.detector.min_face} px found in '{path}': give a photo with a clear, "
@@ -111,7 +111,7 @@ class Aligner:
             )
         return Image.fromarray(aligned.crops[0].permute(1, 2, 0).contiguous().numpy())
 
-    def _crops(self, photo: _Photo, faces: list[Face]) -> Aligned:
+    def _crops(self, photo: Photo, faces: list[Face]) -> Aligned:
         height, width = photo.pixels.shape[-2:]
         if not faces:
             if self.fallback == "center":
@@ -129,7 +129,7 @@ class Aligner:
             result.status, result.detail = "multiple_faces", f"{len(faces)} faces: kept the one at {box}"
         return result
 
-    def _warp(self, photo: _Photo, points: np.ndarray) -> torch.Tensor:
+    def _warp(self, photo: Photo, points: np.ndarray) -> torch.Tensor:
         matrix = umeyama(points, self.points)
         scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
         if photo.scale < 1.0 and scale > 1.0:  # the crop would enlarge a reduced decode: use every pixel
@@ -140,7 +140,7 @@ class Aligner:
 
 
 @dataclass
-class _Photo:
+class Photo:
     """A decoded photo, upright; a large JPEG is decoded at a fraction of its size (``scale``)."""
 
     pixels: torch.Tensor  # (3, H, W) uint8
@@ -148,7 +148,7 @@ class _Photo:
     scale: float  # decoded size / the file's size
 
     @classmethod
-    def open(cls, path: Path) -> _Photo:
+    def open(cls, path: Path) -> Photo:
         image = load_image(path, min_side=DETECT_SIDE // 2, upright=True)
         with Image.open(path) as header:  # reads the header only
             scale = max(image.size) / max(header.size)

@@ -8,14 +8,14 @@ that gave no crop, and those where one face was chosen among several, are listed
 
 from __future__ import annotations
 
-import csv
 import json
 import multiprocessing
+import multiprocessing.pool
 import os
 import signal
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,14 +23,13 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from facetrain.data.align.aligner import Aligned, Aligner, check_options
-from facetrain.data.align.geometry import template
+from facetrain.data.align.aligner import Aligned, Aligner
+from facetrain.data.align.report import REPORT, Row, journal, read_rows, write_report
 from facetrain.data.preprocess import find_images
 from facetrain.errors import ConfigError, DataError, OutputError
 from facetrain.files import atomic_write, require_folder, write_text
 
-REPORT, SETTINGS = "align_report.tsv", "align.json"
-STATUSES = ("aligned", "multiple_faces", "center_crop", "no_face", "unreadable")
+SETTINGS = "align.json"
 _CHUNK = 8  # photos per batch through the detector
 # A worker process costs about 2 s to start (it imports torch). On 2 cores, 2 processes aligned 2000
 # photos of 250x250 at 91/s against 84/s in one process, and 600 photos more slowly (bench_align.py).
@@ -58,11 +57,8 @@ class AlignResult:
 
     @property
     def skipped(self) -> int:
-        """Photos that gave no crop (no face, or unreadable)."""
-        return self.counts["no_face"] + self.counts["unreadable"]
-
-
-Row = tuple[str, str, int, int, str]  # (relative path, status, faces found, crops written, detail)
+        """Photos that gave no crop (no face, unreadable, or the crop could not be written)."""
+        return self.counts["no_face"] + self.counts["unreadable"] + self.counts["unwritable"]
 
 
 def align_folder(
@@ -79,8 +75,8 @@ def align_folder(
     ``workers``: processes that align on CPU; None picks one per core when there are at least
     ``PHOTOS_PER_WORKER`` photos per process to amortise its start-up, else none (torch's threads).
     """
-    check_options(options.min_face, options.fallback)
-    template(*options.size)
+    # Refuses bad options, and loads the weights here: a worker that failed to would be restarted forever.
+    aligner = Aligner(device, options.size, options.min_face, options.all_faces, options.fallback)
     root = require_folder(source, DataError, "--input", "give a folder of photos, flat or one sub-folder per person")
     paths, _ = find_images(root)
     if not paths:
@@ -88,30 +84,35 @@ def align_folder(
     out = _check_out(root, Path(out))
     _claim(out, options)
     result = AlignResult(out=out, report=out / REPORT, images=len(paths))
-    bases = _targets(root, out, paths)
-    old_rows = _read_report(out / REPORT)
+    earlier = read_rows(out)  # an earlier run's report, and the journal of one that was killed
+    write_report(out, list(earlier.values()))
     kept: list[Row] = []  # report rows of photos aligned by an earlier run
-    rows: list[Row] = []  # this run's
     jobs = []
-    for path, base in zip(paths, bases, strict=True):
+    for path, base in zip(paths, _targets(root, out, paths), strict=True):
         relative = path.relative_to(root).as_posix()
         if _first_crop(base, options).exists():
             result.already += 1
-            if relative in old_rows:
-                kept.append(old_rows[relative])
+            kept.extend([earlier[relative]] if relative in earlier else [])
         else:
             jobs.append((str(path), str(base), relative))
     if workers is None:
         cores = os.cpu_count() or 1
         workers = min(cores, len(jobs) // PHOTOS_PER_WORKER) if torch.device(device).type == "cpu" else 0
+    rows: list[Row] = []  # this run's
     start = time.perf_counter()
     try:
-        with tqdm(total=len(jobs), unit="img", desc="align", disable=not progress, dynamic_ncols=True) as bar:
-            for chunk_rows in _run(jobs, options, device, workers):
+        # closing(): on Ctrl-C the pool is shut down here, its pending chunks cancelled, before the report.
+        with (
+            tqdm(total=len(jobs), unit="img", desc="align", disable=not progress, dynamic_ncols=True) as bar,
+            closing(_run(jobs, out, aligner, options, workers)) as chunks,
+        ):
+            for chunk_rows in chunks:
                 rows.extend(chunk_rows)
                 bar.update(len(chunk_rows))
-    finally:  # also after Ctrl-C: the report covers what was done
-        _write_report(out / REPORT, kept + rows)
+    finally:  # also after Ctrl-C: the report covers what was done, with the journal's rows of chunks cut short
+        unfinished = {relative: earlier[relative] for _, _, relative in jobs if relative in earlier}
+        latest = {**unfinished, **{row[0]: row for row in rows}, **read_rows(out, journal_only=True)}
+        write_report(out, [*kept, *latest.values()])
     result.seconds = time.perf_counter() - start
     result.counts = Counter(row[1] for row in rows)
     result.crops = sum(row[3] for row in rows)
@@ -154,11 +155,18 @@ def _claim(out: Path, options: AlignOptions) -> None:
 
 
 def _targets(root: Path, out: Path, paths: list[Path]) -> list[Path]:
-    """Each photo's crop path without suffix; ``a.png`` beside ``a.jpg`` keeps its whole name."""
+    """Each photo's crop path without suffix: its stem, or its whole name (``a.png`` beside ``a.jpg``),
+    or, should that clash too, its whole name and a number. Case is ignored, as some disks do."""
     stems = Counter((path.parent, path.stem.lower()) for path in paths)
-    bases = []
-    for path in paths:
-        name = path.stem if stems[(path.parent, path.stem.lower())] == 1 else path.name
+    names = [path.stem if stems[(path.parent, path.stem.lower())] == 1 else path.name for path in paths]
+    taken = Counter((path.parent, name.lower()) for path, name in zip(paths, names, strict=True))
+    bases, used = [], set()
+    for path, name in zip(paths, names, strict=True):
+        if taken[(path.parent, name.lower())] > 1:
+            name = next(
+                f"{name}~{k}" for k in range(1, len(paths) + 1) if (path.parent, f"{name}~{k}".lower()) not in used
+            )
+        used.add((path.parent, name.lower()))
         bases.append(out / path.relative_to(root).parent / name)
     return bases
 
@@ -168,21 +176,33 @@ def _first_crop(base: Path, options: AlignOptions) -> Path:
     return base.with_name(base.name + ("_0.jpg" if options.all_faces else ".jpg"))
 
 
-def _run(jobs: list[tuple[str, str, str]], options: AlignOptions, device, workers: int):
+def _run(jobs: list[tuple[str, str, str]], out: Path, aligner: Aligner, options: AlignOptions, workers: int):
     """Yields the rows of each chunk of jobs, aligned here or in ``workers`` processes (CPU only)."""
     chunks = [jobs[i : i + _CHUNK] for i in range(0, len(jobs), _CHUNK)]
-    if workers <= 1 or torch.device(device).type != "cpu" or len(chunks) <= 1:
-        aligner = Aligner(device, options.size, options.min_face, options.all_faces, options.fallback)
+    if workers <= 1 or aligner.detector.device.type != "cpu" or len(chunks) <= 1:
         for chunk in chunks:
-            yield _align_chunk(aligner, chunk)
+            yield _align_chunk(aligner, chunk, out)
         return
-    context = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch threads
-    pool = ProcessPoolExecutor(min(workers, len(chunks)), mp_context=context, initializer=_start_worker,
-                               initargs=(options,))  # fmt: skip
+    pool = _pool(min(workers, len(chunks)), options)
     try:
-        yield from pool.map(_worker_chunk, chunks)
+        yield from pool.imap(_worker_chunk, [(chunk, out) for chunk in chunks])
+        pool.close()
+    except BaseException:  # Ctrl-C, or the caller stopped early: stop the workers now, not after every chunk
+        pool.terminate()  # a crop is renamed into place whole or not at all, so killing a worker is safe
+        raise
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.join()
+
+
+def _pool(processes: int, options: AlignOptions) -> multiprocessing.pool.Pool:
+    """Worker processes, started with SIGINT ignored: Ctrl-C is the main process's alone, even while
+    they still import torch (no traceback from each child)."""
+    context = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch threads
+    interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return context.Pool(processes, initializer=_start_worker, initargs=(options,))
+    finally:
+        signal.signal(signal.SIGINT, interrupt)
 
 
 _worker_aligner: Aligner | None = None
@@ -195,46 +215,36 @@ def _start_worker(options: AlignOptions) -> None:
     _worker_aligner = Aligner("cpu", options.size, options.min_face, options.all_faces, options.fallback)
 
 
-def _worker_chunk(chunk: list[tuple[str, str, str]]) -> list[Row]:
+def _worker_chunk(job: tuple[list[tuple[str, str, str]], Path]) -> list[Row]:
+    chunk, out = job
     assert _worker_aligner is not None
-    return _align_chunk(_worker_aligner, chunk)
+    return _align_chunk(_worker_aligner, chunk, out)
 
 
-def _align_chunk(aligner: Aligner, chunk: list[tuple[str, str, str]]) -> list[Row]:
+def _align_chunk(aligner: Aligner, chunk: list[tuple[str, str, str]], out: Path) -> list[Row]:
     results = aligner.align_files([Path(path) for path, _, _ in chunk])
-    return [_save(result, Path(base), relative, aligner.all_faces) for (_, base, relative), result in
+    return [_save(result, Path(base), relative, aligner.all_faces, out) for (_, base, relative), result in
             zip(chunk, results, strict=True)]  # fmt: skip
 
 
-def _save(result: Aligned, base: Path, relative: str, all_faces: bool) -> Row:
-    """Writes a photo's crops, each atomically; with several, the first one last (it marks the photo done)."""
-    if result.crops:
-        base.parent.mkdir(parents=True, exist_ok=True)
+def _save(result: Aligned, base: Path, relative: str, all_faces: bool, out: Path) -> Row:
+    """Writes a photo's crops, each atomically; with several, the first one last (it marks the photo done).
+
+    A note goes to the journal before any crop: a crop on disk never lacks its note.
+    """
+    row = (relative, result.status, result.faces, len(result.crops), " ".join(result.detail.split()))
+    if result.status != "aligned":
+        journal(out, row)
     names = [f"{base.name}_{k}.jpg" for k in range(len(result.crops))] if all_faces else [f"{base.name}.jpg"]
-    for name, crop in reversed(list(zip(names, result.crops, strict=False))):
-        grey = bool((crop[0] == crop[1]).all() and (crop[1] == crop[2]).all())
-        image = Image.fromarray((crop[0] if grey else crop.permute(1, 2, 0)).contiguous().numpy())
-        with atomic_write(base.with_name(name), "--out") as temp:
-            image.save(temp, format="JPEG", quality=_QUALITY)
-    detail = result.detail.replace("\t", " ").replace("\n", " ")
-    return relative, result.status, result.faces, len(result.crops), detail
-
-
-def _read_report(file: Path) -> dict[str, Row]:
-    """An earlier run's report rows by photo (unreadable lines are dropped: they are only notes)."""
-    rows: dict[str, Row] = {}
-    if not file.exists():
-        return rows
-    with open(file, newline="", encoding="utf-8") as stream:
-        for line in csv.reader(stream, delimiter="\t"):
-            if len(line) == 5 and line[1] in STATUSES and line[2].isdigit() and line[3].isdigit():
-                rows[line[0]] = (line[0], line[1], int(line[2]), int(line[3]), line[4])
-    return rows
-
-
-def _write_report(file: Path, rows: list[Row]) -> None:
-    notes = sorted(row for row in rows if row[1] != "aligned")
-    with atomic_write(file, "--out") as temp, open(temp, "w", newline="", encoding="utf-8") as stream:
-        writer = csv.writer(stream, delimiter="\t", lineterminator="\n")
-        writer.writerow(["path", "status", "faces", "crops", "detail"])
-        writer.writerows(notes)
+    try:
+        if result.crops:
+            base.parent.mkdir(parents=True, exist_ok=True)
+        for name, crop in reversed(list(zip(names, result.crops, strict=False))):
+            grey = bool((crop[0] == crop[1]).all() and (crop[1] == crop[2]).all())
+            image = Image.fromarray((crop[0] if grey else crop.permute(1, 2, 0)).contiguous().numpy())
+            with atomic_write(base.with_name(name), "--out") as temp:
+                image.save(temp, format="JPEG", quality=_QUALITY)
+    except (OutputError, OSError) as exc:  # this photo's crop alone (a name too long, say): the run goes on
+        row = (relative, "unwritable", result.faces, 0, " ".join(str(exc).split()))
+        journal(out, row)
+    return row

@@ -35,11 +35,12 @@ def parse_size(text: str | int, option: str = "--size") -> tuple[int, int]:
 
 
 def template(width: int = 112, height: int = 112, option: str = "--size") -> np.ndarray:
-    """The five target points for a ``width`` x ``height`` crop, following insightface's rule.
+    """The five target points for a ``width`` x ``height`` crop.
 
     Sizes that are multiples of 112 scale the 112 template; multiples of 128 scale it by size/128 and
-    shift it 8 px (scaled) to the right, keeping a margin (insightface's ``estimate_norm``); 96x112 is
-    the 112 template shifted 8 px left (the SphereFace / CosFace crop).
+    shift it 8 px (scaled) to the right, keeping a margin (the rule of insightface's ``estimate_norm``).
+    96x112 is the 112 template shifted 8 px left: the SphereFace / CosFace crop, whose points
+    insightface's older ``face_preprocess.py`` shifted 8 px right to make the 112 one.
     """
     points = ARCFACE_112.copy()
     if (width, height) == (96, 112):
