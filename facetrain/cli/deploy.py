@@ -60,6 +60,12 @@ def export_command(
         typer.echo(f"parity: {result.note}")
 
 
+AlignFlag = Annotated[bool, typer.Option("--align", help="Detect and align each face first (raw photos, not crops).")]
+AlignSize = Annotated[
+    str, typer.Option("--align-size", help="With --align: the crop the model was trained on (as align --size).")
+]
+
+
 @error_boundary
 def verify_command(
     model: Annotated[Path, typer.Argument(help="A TorchScript model written by facetrain export.")],
@@ -68,12 +74,8 @@ def verify_command(
     threshold: Annotated[
         float | None, typer.Option("--threshold", help="Decision threshold (default: the one stored in the model).")
     ] = None,
-    align: Annotated[
-        bool, typer.Option("--align", help="Detect and align each face first (raw photos, not crops).")
-    ] = False,
-    align_size: Annotated[
-        str, typer.Option("--align-size", help="With --align: the crop the model was trained on (as align --size).")
-    ] = "112",
+    align: AlignFlag = False,
+    align_size: AlignSize = "112",
 ) -> None:
     """Cosine score of two face images with an exported model, and same/different at a threshold.
 
@@ -105,12 +107,8 @@ def embed_command(
     workers: Annotated[int, typer.Option("--workers", min=0, max=256, help="DataLoader worker processes.")] = 2,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = None,
-    align: Annotated[
-        bool, typer.Option("--align", help="Detect and align each face first (raw photos, not crops).")
-    ] = False,
-    align_size: Annotated[
-        str, typer.Option("--align-size", help="With --align: the crop the model was trained on (as align --size).")
-    ] = "112",
+    align: AlignFlag = False,
+    align_size: AlignSize = "112",
 ) -> None:
     """Embed every image of a folder: L2-normalised embeddings, relative paths and identity labels.
 
