@@ -191,6 +191,16 @@ class TrainConfig:
         "auto", "Mixed precision on CUDA (auto = bf16 where supported, else fp16). Always off on CPU."
     )
     device: str = option("auto", "auto (CUDA if available), cpu, cuda or cuda:N.")
+    channels_last: bool | Literal["auto"] = option(
+        "auto",
+        "NHWC memory layout for the embedder and its input (auto: on for CUDA, off on CPU); faster convolutions, "
+        "same model.",
+    )
+    compile: bool = option(
+        False,
+        "torch.compile the embedder for training and evaluation (CUDA; first steps slower while it compiles). "
+        "A compiler failure falls back to eager with one warning; checkpoints and export are unchanged.",
+    )
     checkpoint_every_steps: int = option(
         500, "Also write last.pt every N optimizer steps (0 = only at epoch ends).", ge=0, le=MAX_STEPS
     )

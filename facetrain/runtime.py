@@ -93,3 +93,41 @@ def _to_lists(value: Any) -> Any:
 
 def _to_tuples(value: Any) -> Any:
     return tuple(_to_tuples(v) for v in value) if isinstance(value, (tuple, list)) else value
+
+
+def use_channels_last(setting: bool | str, device: torch.device) -> bool:
+    """``train.channels_last``: ``auto`` is on for CUDA (tensor-core convolutions want NHWC), off elsewhere."""
+    return device.type == "cuda" if setting == "auto" else bool(setting)
+
+
+class CompiledOrEager(torch.nn.Module):
+    """``torch.compile`` of a module that falls back to the module itself, with one warning, when compiling fails.
+
+    The wrapped module stays the one to save and export (its state_dict keys are unchanged); the compiled
+    callable is kept out of the module tree so ``parameters()`` and ``state_dict()`` see each weight once.
+    """
+
+    def __init__(self, module: torch.nn.Module, what: str, partner: CompiledOrEager | None = None) -> None:
+        super().__init__()
+        self.module = module
+        self.what = what
+        self.__dict__["compiled"] = torch.compile(module)
+        self.failed = False
+        self.__dict__["partner"] = partner  # another compile of the same module: they fail together, warned once
+        if partner is not None:
+            partner.__dict__["partner"] = self
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self.partner is not None and self.partner.failed:
+            self.failed = True
+        if not self.failed:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as exc:  # any compiler failure: the eager module computes the same
+                self.failed = True
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                log.warning(
+                    "train.compile: torch.compile failed for the %s (%s: %s); it runs eagerly instead, with the same "
+                    "results: set train.compile: false to skip the attempt", self.what, type(exc).__name__, reason,
+                )  # fmt: skip
+        return self.module(*args, **kwargs)

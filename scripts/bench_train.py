@@ -1,27 +1,189 @@
-"""Training-step throughput of embedder + ArcFace head on synthetic batches (no disk I/O).
+"""Training-step throughput: facetrain's step, and with --reference the plain loop a competent user writes.
 
-Prints images/s and peak memory, and writes them as JSON.
+facetrain's step is the trainer's: embedder (torchvision backbone + pool/flatten/Linear/BN neck) and
+ArcFace head in float32 margin math, AMP on CUDA, gradient clipping, the device-side finite-gradient
+check, fused optimizer on CUDA, channels_last and torch.compile as configured.
+
+The reference (--reference) is the hand-written loop: the same torchvision backbone, a Linear neck,
+a textbook ArcFace (normalise both, cos(theta+m) with the cos - m*sin(m) fallback past pi - m), all
+under one autocast with a GradScaler for fp16, NCHW, eager, torch's default SGD.
+
+Both run in this process on the same device, batch, image size and precision, in alternating rounds
+(this machine is noisy); each figure is the median round. Peak memory is the round's CUDA peak (on
+CPU: the process's max RSS, shared by both).
+
+--pipeline also times facetrain's whole loop fed by ``train_loader`` from a generated set of 112x112
+JPEGs, as an identity folder and as a .rec (``facetrain pack``), against its synthetic-tensor figure.
 
 Usage:
-  python scripts/bench_train.py --backbone resnet18 --image-size 112 --batch-size 32 --device cpu
-  python scripts/bench_train.py --backbone resnet50 --batch-size 256 --device cuda --amp bf16
+  python scripts/bench_train.py --backbone resnet18 --batch-size 32 --device cpu --reference
+  python scripts/bench_train.py --backbone resnet50 --batch-size 256 --device cuda --amp bf16 --reference
+  python scripts/bench_train.py --backbone resnet50 --batch-size 256 --pipeline --workers 12
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import resource
+import statistics
 import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import torchvision
+from torch import nn
 
 from facetrain.config import HeadConfig, ModelConfig, TrainConfig
 from facetrain.models import build_embedder, build_head
-from facetrain.runtime import autocast, resolve_device, resolve_precision
+from facetrain.runtime import CompiledOrEager, autocast, resolve_device, resolve_precision, use_channels_last
+from facetrain.training.guard import GradientGuard
 from facetrain.training.optim import build_optimizer
+
+
+def facetrain_step(args, device, precision) -> Callable[[Iterator], None]:
+    """The trainer's train_step, with the pieces the trainer builds for these settings."""
+    embedder = build_embedder(ModelConfig(backbone=args.backbone, embedding_dim=512), args.image_size).to(device)
+    memory_format = torch.channels_last if args.channels_last else torch.preserve_format
+    embedder = embedder.to(memory_format=memory_format)
+    model = CompiledOrEager(embedder, "embedder in training") if args.compile else embedder
+    head = build_head(HeadConfig(), 512, args.num_classes).to(device)
+    train = TrainConfig()
+    optimizer = build_optimizer(train, [embedder, head], device)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_scaler)
+    guard = GradientGuard(active=not precision.needs_scaler)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    count = 0
+
+    def step(batches: Iterator) -> None:
+        nonlocal count
+        images, labels = next(batches)
+        images = images.to(device, non_blocking=True, memory_format=memory_format)
+        labels = labels.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, precision):
+            embeddings = model(images)
+        logits, _ = head(embeddings, labels)
+        scaler.scale(F.cross_entropy(logits, labels)).backward()
+        scaler.unscale_(optimizer)
+        guard.observe(torch.nn.utils.clip_grad_norm_(params, train.grad_clip), count + 1, train.lr)
+        scaler.step(optimizer)
+        scaler.update()
+        count += 1
+
+    step.model = model  # type: ignore[attr-defined]
+    return step
+
+
+class TextbookArcFace(nn.Module):
+    def __init__(self, dim: int, classes: int, s: float = 64.0, m: float = 0.5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(classes, dim) * 0.01)
+        self.s, self.cos_m, self.sin_m = s, math.cos(m), math.sin(m)
+        self.th, self.mm = math.cos(math.pi - m), math.sin(math.pi - m) * m
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        cosine = F.linear(F.normalize(x), F.normalize(self.weight))
+        sine = torch.sqrt((1.0 - cosine * cosine).clamp(0, 1))
+        phi = cosine * self.cos_m - sine * self.sin_m
+        phi = torch.where(cosine > self.th, phi, cosine - self.mm)
+        one_hot = F.one_hot(labels, cosine.shape[1]).to(cosine.dtype)
+        return self.s * (one_hot * phi + (1.0 - one_hot) * cosine)
+
+
+def reference_step(args, device, precision) -> Callable[[Iterator], None]:
+    backbone = getattr(torchvision.models, args.backbone)(weights=None)
+    features = backbone.fc.in_features
+    backbone.fc = nn.Linear(features, 512)  # the Linear neck: avgpool -> flatten -> Linear
+    backbone, head = backbone.to(device), TextbookArcFace(512, args.num_classes).to(device)
+    params = list(backbone.parameters()) + list(head.parameters())
+    optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_scaler)
+
+    def step(batches: Iterator) -> None:
+        images, labels = next(batches)
+        images, labels = images.to(device), labels.to(device)
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, precision):
+            loss = F.cross_entropy(head(backbone(images), labels), labels)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    return step
+
+
+def synthetic(args, device) -> Iterator:
+    images = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
+    labels = torch.randint(0, args.num_classes, (args.batch_size,), device=device)
+    while True:
+        yield images, labels
+
+
+def loader_batches(root: Path, args, device) -> Iterator:
+    from facetrain.data import EpochSampler, train_loader
+    from facetrain.data.folders import make_dataset, scan_identities
+    from facetrain.data.preprocess import Preprocess
+
+    dataset = make_dataset(scan_identities(root), Preprocess(args.image_size))
+    pin = device.type == "cuda"
+    while True:  # epochs
+        sampler = EpochSampler(len(dataset), seed=1, hflip=True)
+        loader = train_loader(dataset, sampler, args.batch_size, args.workers, pin)
+        yield from loader
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def time_rounds(runs: dict[str, tuple[Callable, Iterator]], args, device) -> dict[str, dict[str, float]]:
+    """Warm-up, then ``args.rounds`` rounds of ``args.steps`` steps of each run, in alternating order; medians."""
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    peaks: dict[str, float] = dict.fromkeys(runs, 0.0)
+    for step, batches in runs.values():
+        for _ in range(args.warmup):
+            step(batches)
+        sync(device)
+    order = list(runs.items())
+    for _ in range(args.rounds):
+        for name, (step, batches) in order:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            started = time.perf_counter()
+            for _ in range(args.steps):
+                step(batches)
+            sync(device)
+            seconds[name].append(time.perf_counter() - started)
+            peaks[name] = max(peaks[name], peak_mb(device))
+        order.reverse()  # each run goes first as often as last: what one leaves behind is not another's cost
+    return {
+        name: {
+            "images_per_sec": round(args.batch_size * args.steps / statistics.median(times), 1),
+            "seconds_per_step": round(statistics.median(times) / args.steps, 5),
+            "peak_memory_mb": round(peaks[name], 1),
+        }
+        for name, times in seconds.items()
+    }
+
+
+def pipeline_roots(args) -> dict[str, Path]:
+    from bench_data import prepare, warm  # scripts/ is on sys.path when this file runs as a script
+
+    folder, rec = prepare(Path(args.cache), args.pipeline_images, args.image_size)
+    warm(folder, rec)
+    return {"pipeline_folder": folder, "pipeline_rec": rec}
 
 
 def main() -> None:
@@ -29,49 +191,39 @@ def main() -> None:
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--image-size", type=int, default=112)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--embedding-dim", type=int, default=512)
     parser.add_argument("--num-classes", type=int, default=1000)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (median reported)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile happens here)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
+    parser.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"])
+    parser.add_argument("--compile", action="store_true", help="torch.compile facetrain's embedder")
+    parser.add_argument("--reference", action="store_true", help="also time the plain loop, side by side")
+    parser.add_argument("--pipeline", action="store_true", help="also time the loop fed from JPEGs (folder, .rec)")
+    parser.add_argument("--sources", nargs="+", default=["folder", "rec"], choices=["folder", "rec"])
+    parser.add_argument("--pipeline-images", type=int, default=20_000)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for --pipeline")
+    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "facetrain" / "bench_data"))
     parser.add_argument("--json", default="bench_train.json", help="where to write the results")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
     precision = resolve_precision(args.amp, device)
-    torch.manual_seed(0)
-    embedder = build_embedder(ModelConfig(backbone=args.backbone, embedding_dim=args.embedding_dim), args.image_size)
-    head = build_head(HeadConfig(), args.embedding_dim, args.num_classes)
-    embedder, head = embedder.to(device), head.to(device)
-    optimizer = build_optimizer(TrainConfig(), [embedder, head])
-    scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_scaler)
-    images = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
-    labels = torch.randint(0, args.num_classes, (args.batch_size,), device=device)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(device, precision):
-            embeddings = embedder(images)
-        logits, _ = head(embeddings, labels)
-        scaler.scale(F.cross_entropy(logits, labels)).backward()
-        scaler.step(optimizer)
-        scaler.update()
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    for _ in range(args.warmup):
-        step()
-    sync()
+    setting = {"auto": "auto", "on": True, "off": False}[args.channels_last]
+    args.channels_last = use_channels_last(setting, device)
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    started = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    sync()
-    seconds = time.perf_counter() - started
+        torch.backends.cudnn.benchmark = True  # as the trainer sets it
+    torch.manual_seed(0)
+    runs = {"facetrain": (facetrain_step(args, device, precision), synthetic(args, device))}
+    if args.reference:
+        runs["reference"] = (reference_step(args, device, precision), synthetic(args, device))
+    if args.pipeline:
+        roots = pipeline_roots(args)
+        for source in args.sources:
+            name = f"pipeline_{source}"
+            runs[name] = (facetrain_step(args, device, precision), loader_batches(roots[name], args, device))
+    measured = time_rounds(runs, args, device)
     result = {
         "backbone": args.backbone,
         "image_size": args.image_size,
@@ -80,18 +232,22 @@ def main() -> None:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
         "threads": torch.get_num_threads(),
         "amp": precision.name,
+        "channels_last": args.channels_last,
+        "compile": args.compile,
+        "compile_fell_back": bool(getattr(runs["facetrain"][0].model, "failed", False)),
         "steps": args.steps,
-        "images_per_sec": round(args.batch_size * args.steps / seconds, 1),
-        "seconds_per_step": round(seconds / args.steps, 4),
-        "peak_memory_mb": round(
-            torch.cuda.max_memory_allocated(device) / 2**20
-            if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            1,
-        ),
+        "rounds": args.rounds,
         "peak_memory_kind": "cuda allocated" if device.type == "cuda" else "process max RSS",
         "torch": torch.__version__,
+        **measured,
     }
+    ours = measured["facetrain"]["images_per_sec"]
+    if args.reference:
+        result["ratio_vs_reference"] = round(ours / measured["reference"]["images_per_sec"], 3)
+    for name in runs:
+        if name.startswith("pipeline_"):
+            result[f"{name}_vs_synthetic"] = round(measured[name]["images_per_sec"] / ours, 3)
+            result["workers"] = args.workers
     print(json.dumps(result, indent=2))
     with open(args.json, "w") as stream:
         json.dump(result, stream, indent=2)

@@ -72,3 +72,27 @@ def test_ddp_with_nccl_on_two_gpus(tmp_path, sync_bn):
     assert result.returncode == 0, result.stderr[-3000:]
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert state["world_size"] == 2 and state["head"]["class_centers"].shape == (4, 16)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+@pytest.mark.parametrize("head", ["arcface", "curricularface", "adaface"])
+def test_a_cuda_training_step_never_waits_for_the_host(faces, tmp_path, amp, head):
+    cfg = tiny_config(
+        faces, tmp_path / "run", head={"type": head}, train={"device": "cuda", "amp": amp, "log_every_steps": 100}
+    )
+    trainer = Trainer(cfg, progress=False)
+    trainer.setup()
+    assert trainer.optimizer.defaults.get("fused") and trainer.memory_format is torch.channels_last
+    trainer.model.train()
+    trainer.head.train()
+    trainer.sampler.set_epoch(0)
+    batches = iter(trainer.loader)
+    trainer.train_step(batches, 1, ())  # the first step may allocate and pick kernels
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any host-device synchronisation raises
+    try:
+        for _ in range(2):
+            trainer.train_step(batches, 1, ())
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert trainer.guard.first_bad() is None

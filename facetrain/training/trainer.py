@@ -21,13 +21,16 @@ from facetrain.errors import ConfigError, TrainingError
 from facetrain.files import write_text
 from facetrain.models import ShardedHead, build_embedder, build_head, rival_cosines
 from facetrain.runtime import (
+    CompiledOrEager,
     autocast,
     resolve_device,
     resolve_precision,
     seed_everything,
+    use_channels_last,
 )
 from facetrain.training import parallel
 from facetrain.training.angles import HeadWatch
+from facetrain.training.guard import GradientGuard
 from facetrain.training.messages import describe_head, first_sentence, format_epoch, log_parallel
 from facetrain.training.monitor import Evaluation, Monitor
 from facetrain.training.optim import WarmupDecay, build_optimizer
@@ -97,7 +100,11 @@ class Trainer(Checkpoints):
             except Exception as exc:
                 error = exc
         distributed.settle(error)
-        self.model = parallel.wrap_embedder(self.embedder, cfg.model.sync_bn, self.device)
+        trained = CompiledOrEager(self.embedder, "embedder in training") if cfg.train.compile else self.embedder
+        self.model = parallel.wrap_embedder(trained, cfg.model.sync_bn, self.device)
+        self.eval_model = (
+            CompiledOrEager(self.embedder, "embedder in evaluation", trained) if cfg.train.compile else None
+        )
         log.info(
             "model: %s -> %s embedding, %s head over %d classes; device %s, amp %s; %d steps/epoch",
             cfg.model.backbone,
@@ -123,6 +130,10 @@ class Trainer(Checkpoints):
         self.data = build_datasets(cfg.data)
         self._check_num_classes()
         self.embedder = build_embedder(cfg.model, cfg.data.image_size).to(self.device)
+        self.memory_format = torch.preserve_format
+        if use_channels_last(cfg.train.channels_last, self.device):
+            self.memory_format = torch.channels_last
+            self.embedder = self.embedder.to(memory_format=torch.channels_last)
         if cfg.model.sync_bn and self.world > 1 and self.device.type != "cuda":
             raise ConfigError("model.sync_bn: torch's SyncBatchNorm runs on CUDA only: set model.sync_bn: false on CPU")
         self.sharded = self.world > 1 or cfg.head.sample_rate < 1.0
@@ -132,11 +143,12 @@ class Trainer(Checkpoints):
             self.head = build_head(cfg.head, cfg.model.embedding_dim, self.data.num_classes)
         self.head = self.head.to(self.device)
         self._setup_loaders()
-        self.optimizer = build_optimizer(cfg.train, [self.embedder, self.head])
+        self.optimizer = build_optimizer(cfg.train, [self.embedder, self.head], self.device)
         self.param_lists = parallel.split_params(self.optimizer, self.head if self.sharded else None)
         warmup = round(cfg.train.warmup_epochs * self.steps_per_epoch)
         self.scheduler = WarmupDecay(self.optimizer, cfg.train, cfg.train.epochs * self.steps_per_epoch, warmup)
         self.scaler = parallel.grad_scaler(self.device, self.precision.needs_scaler)
+        self.guard = GradientGuard(active=not self.precision.needs_scaler)
         self.tensorboard = TensorBoard(self.run_dir / "tensorboard", enabled=self.main)
         self.watch = HeadWatch(cfg, self.head, self.data.num_classes, self.steps_per_epoch, self.tensorboard)
         self.monitor = Monitor(cfg, self.data.val, self.device, self.precision, self.tensorboard)
@@ -248,7 +260,7 @@ class Trainer(Checkpoints):
     def evaluate(self) -> Evaluation:
         """Verification of the embedder that is saved: rank 0's (every rank gets the same numbers)."""
         distributed.broadcast_buffers(self.embedder)  # each rank's BatchNorm statistics moved with its own batch
-        return self.monitor.evaluate(self.embedder, self.step)
+        return self.monitor.evaluate(self.eval_model or self.embedder, self.step)
 
     def train_epoch(self) -> dict[str, float]:
         cfg = self.config.train
@@ -274,14 +286,20 @@ class Trainer(Checkpoints):
                 self.batch_in_epoch += group
                 bar.update(1)
                 if self.step % cfg.log_every_steps == 0:
+                    self._check_gradients()
                     self._log_step(log_meter, grad_norm, bar)
                 if self.batch_in_epoch >= self.micro_batches:
                     break  # the epoch end evaluates and saves (see _fit_epochs)
                 every = self.config.eval.every_steps
-                if every and self.step % every == 0 and self.monitor.active:
+                evaluate = every and self.step % every == 0 and self.monitor.active
+                save = cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0
+                if evaluate or save:
+                    self._check_gradients()
+                if evaluate:
                     self.evaluate_and_keep_best()  # first, so the save below records the best value so far
-                if cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0:
+                if save:
                     self.save()
+        self._check_gradients()  # before the epoch end evaluates and saves
         self.epoch += 1
         self.batch_in_epoch, self.offset = 0, 0
         stats = epoch_meter.read()
@@ -296,11 +314,11 @@ class Trainer(Checkpoints):
         measure = self.watch.start_step(self.scheduler.step_count, self.step)  # sets this step's margin
         for index in range(group):
             images, labels = next(batches)
-            images = images.to(self.device, non_blocking=True)
+            images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
             labels = labels.to(self.device, non_blocking=True)
             # DDP all-reduces the embedder's gradients once per optimizer step, after the last micro-batch.
             last = index == group - 1
-            with contextlib.nullcontext() if last or self.model is self.embedder else self.model.no_sync():
+            with contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync():
                 loss, correct = self.forward_loss(images, labels, self.step * cfg.grad_accum_steps + index, measure)
                 # Each micro-batch has the same size (drop_last), so dividing by the group size
                 # makes the accumulated gradient the mean over the whole group.
@@ -309,18 +327,26 @@ class Trainer(Checkpoints):
                 meter.add(loss, correct, len(labels) * self.world)
         self.scaler.unscale_(self.optimizer)
         grad_norm = parallel.clip_gradients(*self.param_lists, cfg.grad_clip or float("inf"))
-        if not self.precision.needs_scaler and not torch.isfinite(grad_norm):
-            error = TrainingError(
-                f"the gradient became {grad_norm.item()} at step {self.step + 1} (lr {self.scheduler.lr:.3g}): "
-                f"lower train.lr{'' if cfg.grad_clip else ' or set train.grad_clip'}; {self._last_checkpoint_note()}"
-            )
-            error.shared = True  # the norm is global: every rank stops here with this message
-            raise error
+        self.guard.observe(grad_norm, self.step + 1, self.scheduler.lr)  # on the device: no wait for the host
         self.scaler.step(self.optimizer)  # skipped by the scaler when fp16 gradients overflowed
         self.scaler.update()
         self.scheduler.step()
         self.step += 1
         return grad_norm
+
+    def _check_gradients(self) -> None:
+        """Stops the run if a step since the last check had a non-finite gradient (one host sync)."""
+        bad = self.guard.first_bad()
+        if bad is None:
+            return
+        step, norm, lr = bad
+        clip = "" if self.config.train.grad_clip else " or set train.grad_clip"
+        error = TrainingError(
+            f"the gradient became {norm} at step {step} (lr {lr:.3g}): lower train.lr{clip}; "
+            f"{self._last_checkpoint_note()}"
+        )
+        error.shared = True  # the norm is global: every rank stops here with this message
+        raise error
 
     def forward_loss(
         self, images: torch.Tensor, labels: torch.Tensor, key: int, measure: bool = False
