@@ -24,6 +24,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import platform
@@ -41,6 +42,7 @@ from torch import nn
 from facetrain.config import HeadConfig, ModelConfig, TrainConfig
 from facetrain.models import build_embedder, build_head
 from facetrain.runtime import CompiledOrEager, autocast, resolve_device, resolve_precision, use_channels_last
+from facetrain.training import parallel
 from facetrain.training.guard import GradientGuard
 from facetrain.training.optim import build_optimizer
 
@@ -54,9 +56,9 @@ def facetrain_step(args, device, precision) -> Callable[[Iterator], None]:
     head = build_head(HeadConfig(), 512, args.num_classes).to(device)
     train = TrainConfig()
     optimizer = build_optimizer(train, [embedder, head], device)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_scaler)
+    scaler = parallel.grad_scaler(device, precision.needs_scaler)
     guard = GradientGuard(active=not precision.needs_scaler)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
+    params = parallel.split_params(optimizer, None)
     count = 0
 
     def step(batches: Iterator) -> None:
@@ -70,7 +72,7 @@ def facetrain_step(args, device, precision) -> Callable[[Iterator], None]:
         logits, _ = head(embeddings, labels)
         scaler.scale(F.cross_entropy(logits, labels)).backward()
         scaler.unscale_(optimizer)
-        guard.observe(torch.nn.utils.clip_grad_norm_(params, train.grad_clip), count + 1, train.lr)
+        guard.observe(parallel.clip_gradients(*params, train.grad_clip), count + 1, train.lr)
         scaler.step(optimizer)
         scaler.update()
         count += 1
@@ -130,10 +132,10 @@ def loader_batches(root: Path, args, device) -> Iterator:
     from facetrain.data.preprocess import Preprocess
 
     dataset = make_dataset(scan_identities(root), Preprocess(args.image_size))
-    pin = device.type == "cuda"
-    while True:  # epochs
-        sampler = EpochSampler(len(dataset), seed=1, hflip=True)
-        loader = train_loader(dataset, sampler, args.batch_size, args.workers, pin)
+    sampler = EpochSampler(len(dataset), seed=1, hflip=True)
+    loader = train_loader(dataset, sampler, args.batch_size, args.workers, device.type == "cuda")
+    for epoch in itertools.count():  # one loader, its workers kept between epochs, as the trainer has it
+        sampler.set_epoch(epoch)
         yield from loader
 
 

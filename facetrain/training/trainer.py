@@ -100,11 +100,11 @@ class Trainer(Checkpoints):
             except Exception as exc:
                 error = exc
         distributed.settle(error)
-        trained = CompiledOrEager(self.embedder, "embedder in training") if cfg.train.compile else self.embedder
+        trained = self.eval_model = self.embedder
+        if cfg.train.compile:  # one compile for training, one for evaluation; they fall back together
+            trained = CompiledOrEager(self.embedder, "embedder in training")
+            self.eval_model = CompiledOrEager(self.embedder, "embedder in evaluation", trained)
         self.model = parallel.wrap_embedder(trained, cfg.model.sync_bn, self.device)
-        self.eval_model = (
-            CompiledOrEager(self.embedder, "embedder in evaluation", trained) if cfg.train.compile else None
-        )
         log.info(
             "model: %s -> %s embedding, %s head over %d classes; device %s, amp %s; %d steps/epoch",
             cfg.model.backbone,
@@ -260,7 +260,7 @@ class Trainer(Checkpoints):
     def evaluate(self) -> Evaluation:
         """Verification of the embedder that is saved: rank 0's (every rank gets the same numbers)."""
         distributed.broadcast_buffers(self.embedder)  # each rank's BatchNorm statistics moved with its own batch
-        return self.monitor.evaluate(self.eval_model or self.embedder, self.step)
+        return self.monitor.evaluate(self.eval_model, self.step)
 
     def train_epoch(self) -> dict[str, float]:
         cfg = self.config.train
