@@ -82,6 +82,19 @@ class DataConfig:
     )
     hflip: bool = option(True, "Random horizontal flip during training.")
     num_workers: int = option(2, "DataLoader worker processes (0 loads in the main process).", ge=0, le=256)
+    cache: Literal["none", "ram", "auto"] = option(
+        "auto",
+        "Keep the decoded, cropped and resized images in memory (uint8, one copy per machine) instead of "
+        "decoding them every epoch; also the verification images scored during training. auto: when they fit "
+        "within `cache_max_gb`; ram: always (refused when the machine lacks the memory); none: never.",
+    )
+    cache_max_gb: float | None = option(
+        None,
+        "Memory budget of `cache: auto` in GB (10^9 bytes), per machine; null: half the memory available "
+        "when the run starts.",
+        gt=0.0,
+        le=1_000_000.0,
+    )
 
 
 @dataclass(frozen=True)

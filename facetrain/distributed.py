@@ -14,6 +14,7 @@ import contextlib
 import datetime
 import gc
 import os
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -146,6 +147,19 @@ def all_gather_objects(value: Any) -> list[Any]:
     values: list[Any] = [None] * world_size()
     dist.all_gather_object(values, value)
     return values
+
+
+def node_peers() -> tuple[int, int, int, int]:
+    """(this rank's place among the ranks on its machine, how many they are, the first of them, and how many
+    ranks the most crowded machine has); a collective.
+
+    Machines are told apart by host name and torchrun's ``GROUP_RANK``, not by ``LOCAL_RANK``, which
+    a hand-made launch may leave unset.
+    """
+    key = (socket.gethostname(), os.environ.get("GROUP_RANK", "0"))
+    keys = all_gather_objects(key)
+    mates = [peer for peer, other in enumerate(keys) if other == key]
+    return mates.index(rank()), len(mates), mates[0], max(keys.count(other) for other in keys)
 
 
 def broadcast_object(value: Any) -> Any:

@@ -1,17 +1,26 @@
-"""Throughput of the training input pipeline: identity folder against .rec, with 0, 1 and 2 workers.
+"""Throughput of the training input pipeline, and whole epochs with and without ``data.cache``.
 
-The pipeline timed is the one training runs: the seeded sampler with random flips, read, decode,
-crop/resize, flip, to tensor, normalise, collate (``train_loader``). The data is a synthetic set of
-small 112x112 JPEG faces (smooth random shapes plus noise), generated once and cached with its
-``.rec`` (written by ``facetrain pack``, so the same JPEG bytes). Files are read once before timing,
-so both sources are timed from the page cache: the decode-bound case of a local SSD.
+Pipeline (the default): identity folder against .rec, with 0, 1 and 2 workers. The pipeline timed
+is the one training runs: the seeded sampler with random flips, read, decode, crop/resize to uint8,
+collate (``TrainImages``, ``train_loader``); the flip and the normalisation happen later, on the
+training device, and are not part of it. The data is a synthetic set of small 112x112 JPEG faces
+(smooth random shapes plus noise), generated once and cached with its ``.rec`` (written by
+``facetrain pack``, so the same JPEG bytes). Files are read once before timing, so both sources
+are timed from the page cache: the decode-bound case of a local SSD. Configurations are timed in
+turn, ``--repeats`` rounds, and the median is reported. The per-image cost (read, decode,
+transform) is timed separately in this process.
 
-Configurations are timed in turn, ``--repeats`` rounds, and the median is reported. The per-image
-cost (read, decode, transform) is timed separately in this process.
+Epochs (``--train ROOT``): real training on an identity folder or .rec (resnet18, 112 px, CPU, a
+held-out verification after every epoch and one before training), once with ``data.cache: none``
+and once with ``data.cache: ram``, each in its own process (alternating order over ``--repeats``
+rounds). Per epoch it reports the training part's wall time and the evaluation's, and the time of
+the same number of training steps over batches already in memory (the steps' compute alone). The
+cache's bytes are reported against the dataset's size on disk.
 
 Usage:
   python scripts/bench_data.py                       # 20,000 images, workers 0 1 2, bench_data.json
   python scripts/bench_data.py --workers 2 --repeats 5
+  python scripts/bench_data.py --train ../shared/data/yaleb --json bench_cache.json
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from facetrain.data import EpochSampler, Preprocess, pack_folder, scan_identities, train_loader
+from facetrain.data import EpochSampler, Preprocess, TrainImages, as_batch, pack_folder, scan_identities, train_loader
 from facetrain.data.folders import make_dataset
 from facetrain.data.preprocess import load_image
 
@@ -69,14 +78,15 @@ def warm(folder: Path, rec: Path) -> None:
 
 
 def images_per_second(root: Path, workers: int, batch_size: int, images: int) -> float:
-    dataset = make_dataset(scan_identities(root), Preprocess(112))
-    loader = train_loader(dataset, EpochSampler(len(dataset), seed=1, hflip=True), batch_size, workers, False)
+    dataset = TrainImages(make_dataset(scan_identities(root), Preprocess(112)))
+    sampler = EpochSampler(len(dataset), seed=1, hflip=True)
+    loader = train_loader(dataset, sampler, batch_size, workers, False, collate_fn=as_batch)
     batches = iter(loader)
     for _ in range(2 if workers else 1):  # untimed: worker start-up and the first batches
         next(batches)
     started, seen = time.perf_counter(), 0
     while seen < images:
-        seen += len(next(batches)[1])
+        seen += len(next(batches)[2])
     seconds = time.perf_counter() - started
     del batches, loader
     return seen / seconds
@@ -98,14 +108,26 @@ def per_image_costs(folder: Path, rec: Path, count: int) -> dict[str, float]:
     decoded = [load_image("x", blob) for blob in blobs]
     timings["decode_ms"] = time.perf_counter() - started
     started = time.perf_counter()
-    for index, image in enumerate(decoded):
-        preprocess(image, flip=index % 2 == 0)
+    for image in decoded:
+        preprocess.pixels(image)
     timings["transform_ms"] = time.perf_counter() - started
     assert len(records) == len(blobs)
     return {name: 1000 * seconds / count for name, seconds in timings.items()}
 
 
 def main() -> None:
+    from epoch_timing import compare_cache, epochs_in_this_process  # scripts/ is on sys.path when run as a script
+
+    args = arguments()
+    if args.train and args.mode:
+        Path(args.json).write_text(json.dumps(epochs_in_this_process(args), indent=2) + "\n")
+    elif args.train:
+        compare_cache(args)
+    else:
+        pipeline(args)
+
+
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=20_000, help="size of the synthetic set (at least 20,000)")
     parser.add_argument("--cache", default=str(Path.home() / ".cache" / "facetrain" / "bench_data"))
@@ -114,7 +136,18 @@ def main() -> None:
     parser.add_argument("--timed-images", type=int, default=8192, help="images timed per configuration and round")
     parser.add_argument("--repeats", type=int, default=3, help="rounds over all configurations (median reported)")
     parser.add_argument("--json", default="bench_data.json", help="where to write the results")
-    args = parser.parse_args()
+    parser.add_argument("--train", help="epochs mode: an identity folder or .rec to train on")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs mode: epochs per run")
+    parser.add_argument("--held-out", type=int, default=8, help="epochs mode: identities held out for verification")
+    parser.add_argument("--train-batch", type=int, default=64, help="epochs mode: train.batch_size")
+    parser.add_argument("--image-size", type=int, default=112, help="epochs mode: data.image_size")
+    parser.add_argument("--backbone", default="resnet18", help="epochs mode: model.backbone")
+    parser.add_argument("--train-workers", type=int, default=2, help="epochs mode: data.num_workers")
+    parser.add_argument("--mode", choices=("none", "ram"), help=argparse.SUPPRESS)  # one run, in this process
+    return parser.parse_args()
+
+
+def pipeline(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)  # as in a DataLoader worker: one thread per process
     folder, rec = prepare(Path(args.cache), args.images, 112)
     warm(folder, rec)

@@ -40,6 +40,7 @@ import torchvision
 from torch import nn
 
 from facetrain.config import HeadConfig, ModelConfig, TrainConfig
+from facetrain.data import model_input
 from facetrain.models import build_embedder, build_head
 from facetrain.runtime import CompiledOrEager, autocast, resolve_device, resolve_precision, use_channels_last
 from facetrain.training import parallel
@@ -63,9 +64,12 @@ def facetrain_step(args, device, precision) -> Callable[[Iterator], None]:
 
     def step(batches: Iterator) -> None:
         nonlocal count
-        images, labels = next(batches)
-        images = images.to(device, non_blocking=True, memory_format=memory_format)
-        labels = labels.to(device, non_blocking=True)
+        batch = next(batches)
+        if len(batch) == 3:  # the training loader's uint8 pixels, flips, labels: flipped and normalised here
+            images = model_input(batch[0], batch[1], device, memory_format)
+        else:
+            images = batch[0].to(device, non_blocking=True, memory_format=memory_format)
+        labels = batch[-1].to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, precision):
             embeddings = model(images)
@@ -127,13 +131,13 @@ def synthetic(args, device) -> Iterator:
 
 
 def loader_batches(root: Path, args, device) -> Iterator:
-    from facetrain.data import EpochSampler, train_loader
+    from facetrain.data import EpochSampler, TrainImages, as_batch, train_loader
     from facetrain.data.folders import make_dataset, scan_identities
     from facetrain.data.preprocess import Preprocess
 
-    dataset = make_dataset(scan_identities(root), Preprocess(args.image_size))
+    dataset = TrainImages(make_dataset(scan_identities(root), Preprocess(args.image_size)))
     sampler = EpochSampler(len(dataset), seed=1, hflip=True)
-    loader = train_loader(dataset, sampler, args.batch_size, args.workers, device.type == "cuda")
+    loader = train_loader(dataset, sampler, args.batch_size, args.workers, device.type == "cuda", collate_fn=as_batch)
     for epoch in itertools.count():  # one loader, its workers kept between epochs, as the trainer has it
         sampler.set_epoch(epoch)
         yield from loader

@@ -132,6 +132,8 @@ def test_corrupt_image_during_training_is_one_line_naming_the_file(tmp_path, wor
             f"data.num_workers={workers}",
             "--set",
             "train.batch_size=4",
+            "--set",
+            "data.cache=none",  # decoded as it is read: the bad file is found mid-epoch
         ],
     )
     assert result.exit_code == 2, result.output
@@ -139,3 +141,16 @@ def test_corrupt_image_during_training_is_one_line_naming_the_file(tmp_path, wor
     assert len(errors) == 1 and errors[0] == result.stderr.strip().splitlines()[-1]
     assert errors[0].startswith("error: cannot read image") and "id01/img02.png" in errors[0]
     assert "Traceback" not in result.output
+
+
+def test_a_corrupt_image_found_while_caching_is_skipped_and_counted(tmp_path):
+    faces = make_faces(tmp_path / "faces", identities=3, per_identity=4)
+    (faces / "id01" / "img02.png").write_bytes(b"\x89PNG broken")
+    config = write_config(tmp_path, faces)
+    options = ["--no-progress", "--set", "data.val_identities=0", "--set", "train.batch_size=4"]
+    result = runner.invoke(app, ["train", "--config", config, *options, "--set", "train.epochs=1"])
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    named = [line for line in lines if "trained on another image of identity 'id01' instead" in line]
+    assert len(named) == 1 and "cannot read image" in named[0] and "id01/img02.png" in named[0]
+    assert "1 images of data.root cannot be decoded (found while caching)" in result.stderr

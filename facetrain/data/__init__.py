@@ -1,6 +1,8 @@
 """Data: identity folders and ``.rec`` files, datasets and loaders, packing, and the shared preprocessing."""
 
 from facetrain.data.align import Aligner, AlignOptions, align_folder, parse_size
+from facetrain.data.batches import TrainImages, as_batch
+from facetrain.data.cache import CachePlan, decode_into, private_pixels
 from facetrain.data.folders import (
     FaceDataset,
     build_datasets,
@@ -10,7 +12,7 @@ from facetrain.data.folders import (
 )
 from facetrain.data.loaders import EpochSampler, eval_loader, quiet_worker, train_loader
 from facetrain.data.pack import pack_folder, unpack_records
-from facetrain.data.preprocess import IMAGE_EXTENSIONS, MEAN, STD, Preprocess, find_images
+from facetrain.data.preprocess import IMAGE_EXTENSIONS, MEAN, STD, BadImage, Preprocess, find_images, model_input
 from facetrain.data.records import sample_records
 
 __all__ = [
@@ -19,16 +21,23 @@ __all__ = [
     "STD",
     "AlignOptions",
     "Aligner",
+    "BadImage",
+    "CachePlan",
     "EpochSampler",
     "FaceDataset",
     "Preprocess",
+    "TrainImages",
     "align_folder",
+    "as_batch",
     "build_datasets",
+    "decode_into",
     "eval_loader",
     "find_images",
+    "model_input",
     "num_classes_problem",
     "pack_folder",
     "parse_size",
+    "private_pixels",
     "quiet_worker",
     "sample_records",
     "scan_identities",

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from facetrain.config import DataConfig
 from facetrain.data.layouts import scan_records
-from facetrain.data.preprocess import IMAGE_EXTENSIONS, Preprocess
+from facetrain.data.preprocess import IMAGE_EXTENSIONS, BadImage, Preprocess, load_image
 from facetrain.data.records import RecordDataset, RecordImages, is_record_file
 from facetrain.errors import DataError
 from facetrain.files import require_folder
@@ -111,6 +111,19 @@ class FaceDataset(Dataset):
         index, flip = key if isinstance(key, tuple) else (key, False)
         path, label = self.samples[index]
         return self.preprocess.load(path, flip=flip), label
+
+    def read(self, index: int) -> torch.Tensor:
+        """Image ``index`` as uint8 pixels (cropped and resized), as training reads it without a cache."""
+        return self.preprocess.load_pixels(self.samples[index][0])
+
+    def decode(self, index: int) -> torch.Tensor:
+        """Image ``index`` as uint8 pixels; ``BadImage`` when the file cannot be read or decoded."""
+        path = self.samples[index][0]
+        try:
+            image = load_image(path)
+        except DataError as exc:
+            raise BadImage(str(exc)) from None
+        return self.preprocess.pixels(image, source=str(path))
 
     @property
     def labels(self) -> list[int]:

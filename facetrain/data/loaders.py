@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -72,7 +72,13 @@ def quiet_worker(worker_id: int) -> None:
 
 
 def train_loader(
-    dataset: Dataset, sampler: EpochSampler, batch_size: int, num_workers: int, pin_memory: bool, world: int = 1
+    dataset: Dataset,
+    sampler: EpochSampler,
+    batch_size: int,
+    num_workers: int,
+    pin_memory: bool,
+    world: int = 1,
+    collate_fn: Callable[[Any], Any] | None = None,
 ) -> DataLoader:
     if len(dataset) < batch_size * world:
         ranks = f" x {world} ranks = {batch_size * world} (the global batch)" if world > 1 else ""
@@ -91,6 +97,7 @@ def train_loader(
         # A private generator keeps the loader from drawing on the global RNG.
         generator=torch.Generator().manual_seed(0),
         worker_init_fn=quiet_worker,
+        collate_fn=collate_fn,
     )
 
 

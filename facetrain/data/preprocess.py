@@ -29,6 +29,10 @@ MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
 
 
+class BadImage(DataError):
+    """An image that cannot be read or decoded: a cache skips it (and counts it) rather than stopping."""
+
+
 def load_image(
     path: str | Path, data: bytes | None = None, *, min_side: int | None = None, upright: bool = False
 ) -> Image.Image:
@@ -96,8 +100,8 @@ class Preprocess:
             return self.center_crop, self.center_crop
         return max(1, round(height * self.center_crop)), max(1, round(width * self.center_crop))
 
-    def __call__(self, image: Image.Image, flip: bool = False, source: str = "image") -> torch.Tensor:
-        """PIL RGB image -> (3, image_size, image_size) float32 tensor."""
+    def pixels(self, image: Image.Image, source: str = "image") -> torch.Tensor:
+        """PIL RGB image -> (3, image_size, image_size) uint8 tensor: cropped and resized, not flipped."""
         pixels = TF.pil_to_tensor(image)  # (3, H, W) uint8
         height, width = pixels.shape[-2:]
         crop_h, crop_w = self.crop_box(height, width)
@@ -108,15 +112,40 @@ class Preprocess:
             )
         if (crop_h, crop_w) != (height, width):
             pixels = TF.center_crop(pixels, [crop_h, crop_w])
-        pixels = TF.resize(pixels, [self.image_size, self.image_size], antialias=True)
-        if flip:
-            pixels = TF.horizontal_flip(pixels)
-        # (x - MEAN) / STD with scalars: MEAN and STD are the same for every channel, and scalar arithmetic
-        # gives the same float32 values as per-channel normalize at a tenth of its cost (bench_data.py).
-        return pixels.float().div_(255.0).sub_(MEAN[0]).div_(STD[0])
+        return TF.resize(pixels, [self.image_size, self.image_size], antialias=True)
+
+    def __call__(self, image: Image.Image, flip: bool = False, source: str = "image") -> torch.Tensor:
+        """PIL RGB image -> (3, image_size, image_size) float32 tensor."""
+        pixels = self.pixels(image, source)
+        return to_unit(TF.horizontal_flip(pixels) if flip else pixels)
 
     def load(self, path: str | Path, flip: bool = False, data: bytes | None = None) -> torch.Tensor:
         return self(load_image(path, data), flip=flip, source=str(path))
+
+    def load_pixels(self, path: str | Path, data: bytes | None = None) -> torch.Tensor:
+        return self.pixels(load_image(path, data), source=str(path))
+
+
+def to_unit(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels (any shape, on any device) -> float32 in [-1, 1]: (x / 255 - MEAN) / STD.
+
+    Scalars, not per-channel normalize: MEAN and STD are the same for every channel, and scalar
+    arithmetic gives the same float32 values at a tenth of the cost (bench_data.py). Elementwise, so
+    the values are the same whether an image is normalised alone or in a batch, on the CPU or a GPU.
+    """
+    return pixels.float().div_(255.0).sub_(MEAN[0]).div_(STD[0])
+
+
+def model_input(
+    pixels: torch.Tensor, flips: torch.Tensor | None, device: torch.device, memory_format: torch.memory_format
+) -> torch.Tensor:
+    """A batch of uint8 images (B, 3, H, W) -> the model's float input on ``device``: the images whose
+    ``flips`` entry is true mirrored, then normalised (on the device: a quarter of the bytes cross to it)."""
+    pixels = pixels.to(device, non_blocking=True)
+    if flips is not None:
+        flips = flips.to(device, non_blocking=True).view(-1, 1, 1, 1)
+        pixels = torch.where(flips, pixels.flip(-1), pixels)
+    return to_unit(pixels).to(memory_format=memory_format)
 
 
 def find_images(root: Path) -> tuple[list[Path], bool]:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from facetrain.data.preprocess import Preprocess, load_image
+from facetrain.data.preprocess import BadImage, Preprocess, load_image, to_unit
 from facetrain.data.recordio import MAGIC_BYTES, Payload, RecordFile, unpack_payload
 from facetrain.errors import DataError
 
@@ -61,7 +61,7 @@ class RecordSource:
             raise UndecodableRecord(f"{self.where(position)}: its image cannot be decoded") from None
 
 
-class UndecodableRecord(DataError):
+class UndecodableRecord(BadImage):
     """A record read whole whose image does not decode: skipped (and counted) rather than fatal."""
 
 
@@ -118,20 +118,31 @@ class RecordDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, bool]) -> tuple[torch.Tensor, int]:
         index, flip = key if isinstance(key, tuple) else (key, False)
-        label = int(np.searchsorted(self.class_starts, index, side="right")) - 1
+        pixels = self.read(index)
+        return to_unit(pixels.flip(-1) if flip else pixels), self.label_of(index)
+
+    def label_of(self, index: int) -> int:
+        return int(np.searchsorted(self.class_starts, index, side="right")) - 1
+
+    def read(self, index: int) -> torch.Tensor:
+        """Image ``index`` as uint8 pixels, or the next of its identity that decodes (named and counted)."""
+        label = self.label_of(index)
         first, count = int(self.class_starts[label]), int(self.class_starts[label + 1] - self.class_starts[label])
         for attempt in range(count):
-            position = int(self.positions[first + (index - first + attempt) % count])
+            candidate = first + (index - first + attempt) % count
             try:
-                decoded = self.source.image(position)  # a broken container stops the run: it is not one bad image
+                return self.decode(candidate)  # a broken container stops the run: it is not one bad image
             except UndecodableRecord as exc:
                 self._note_bad(exc, label)
-                continue
-            return self.preprocess(decoded, flip=flip, source=self.source.where(position)), label
         raise DataError(
             f"{self.source.where(int(self.positions[first]))}: none of the {count} images of identity "
             f"'{self.class_names[label]}' can be decoded: the file is damaged there; copy it again"
         )
+
+    def decode(self, index: int) -> torch.Tensor:
+        """Image ``index`` as uint8 pixels; ``UndecodableRecord`` (a ``BadImage``) when it does not decode."""
+        position = int(self.positions[index])
+        return self.preprocess.pixels(self.source.image(position), source=self.source.where(position))
 
     def _note_bad(self, exc: DataError, label: int) -> None:
         self.bad += 1

@@ -2,6 +2,7 @@
 
 from facetrain.evaluation.evaluate import (
     FAR_TARGETS,
+    PairImages,
     PairsReport,
     embed_pairs_images,
     load_model,
@@ -19,6 +20,7 @@ from facetrain.evaluation.verification import embed_loader, holdout_metrics
 
 __all__ = [
     "FAR_TARGETS",
+    "PairImages",
     "PairList",
     "PairsReport",
     "embed_loader",

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from facetrain.checkpoint import load_checkpoint
 from facetrain.config import Config, PairsSetConfig, config_from_dict, config_to_dict, resolve_config
-from facetrain.data import Preprocess, quiet_worker
+from facetrain.data import BadImage, Preprocess, model_input, quiet_worker
 from facetrain.errors import CheckpointError, ConfigError, DataError
 from facetrain.evaluation.metrics import (
     balanced_folds,
@@ -92,8 +92,8 @@ def first_mismatch(expected: dict[str, Any], given: Any) -> str:
     return f"unexpected {extra[0]}" if extra else "unknown difference"
 
 
-class _Images(Dataset):
-    """Unique images of a pairs list: file paths, or encoded bytes (from a .bin)."""
+class PairImages(Dataset):
+    """Unique images of a pairs list (file paths, or encoded bytes from a .bin) as uint8 pixels."""
 
     def __init__(self, pairs: PairList, preprocess: Preprocess) -> None:
         self.pairs, self.preprocess = pairs, preprocess
@@ -102,10 +102,19 @@ class _Images(Dataset):
         return len(self.pairs.images)
 
     def __getitem__(self, index: int) -> torch.Tensor:
+        return self.read(index)
+
+    def read(self, index: int) -> torch.Tensor:
         image = self.pairs.images[index]
         if isinstance(image, bytes):
-            return self.preprocess.load(f"{self.pairs.source}[image {index}]", data=image)
-        return self.preprocess.load(image)
+            return self.preprocess.load_pixels(f"{self.pairs.source}[image {index}]", data=image)
+        return self.preprocess.load_pixels(image)
+
+    def decode(self, index: int) -> torch.Tensor:
+        try:
+            return self.read(index)
+        except DataError as exc:
+            raise BadImage(str(exc)) from None
 
 
 @torch.no_grad()
@@ -119,28 +128,31 @@ def embed_pairs_images(
     num_workers: int = 0,
     flip: bool = True,
     part: range | None = None,
+    cached: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(plain, flip-fused) L2-normalised float32 embeddings of every unique image, (N, D) each.
 
     Fused = normalise(embedding(image) + embedding(mirrored image)), or None without ``flip``. Both
     come from one forward pass over the batch and its mirror. ``part``: only these unique images
-    (one rank's share of a multi-process evaluation).
+    (one rank's share of a multi-process evaluation). ``cached``: their uint8 pixels, decoded already.
     """
-    images: Dataset = _Images(pairs, preprocess)
-    if part is not None:
-        images = Subset(images, part)
-    loader = DataLoader(
-        images, batch_size=batch_size, num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-        generator=torch.Generator(),  # keeps the loader off the global RNG (training resumes exactly)
-        worker_init_fn=quiet_worker,
-    )  # fmt: skip
+    batches: Any
+    if cached is not None:
+        batches = cached.split(batch_size)
+    else:
+        images: Dataset = PairImages(pairs, preprocess)
+        batches = DataLoader(
+            images if part is None else Subset(images, part), batch_size=batch_size, num_workers=num_workers,
+            pin_memory=device.type == "cuda",
+            generator=torch.Generator(),  # keeps the loader off the global RNG (training resumes exactly)
+            worker_init_fn=quiet_worker,
+        )  # fmt: skip
     was_training = embedder.training
     embedder.eval()
     plain, fused = [], []
     try:
-        for images in loader:
-            images = images.to(device, non_blocking=True)
+        for pixels in batches:
+            images = model_input(pixels, None, device, torch.preserve_format)
             batch = torch.cat([images, images.flip(-1)]) if flip else images  # (2B or B, 3, H, W)
             with autocast(device, precision):
                 outputs = embedder(batch).float()

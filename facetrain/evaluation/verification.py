@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
+from facetrain.data import model_input
 from facetrain.evaluation.metrics import all_pairs, best_threshold, roc_auc
 from facetrain.runtime import Precision, autocast
 
@@ -30,14 +31,20 @@ class HoldoutResult:
 
 @torch.no_grad()
 def embed_loader(
-    embedder: nn.Module, loader: DataLoader, device: torch.device, precision: Precision
+    embedder: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    precision: Precision,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """L2-normalised float32 embeddings (N, D) and labels (N,), on the CPU."""
+    """L2-normalised float32 embeddings (N, D) and labels (N,), on the CPU, of batches of (float images,
+    or uint8 pixels, and labels)."""
     was_training = embedder.training
     embedder.eval()
     outputs, labels = [], []
     try:
         for images, batch_labels in loader:
+            if images.dtype == torch.uint8:  # cached pixels: normalised on the device
+                images = model_input(images, None, device, torch.preserve_format)
             with autocast(device, precision):
                 embeddings = embedder(images.to(device, non_blocking=True))
             outputs.append(F.normalize(embeddings.float(), dim=1).cpu())

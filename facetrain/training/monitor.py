@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,10 +17,11 @@ from torch.utils.data import Subset
 
 from facetrain import distributed
 from facetrain.config import Config
-from facetrain.data import FaceDataset, Preprocess, eval_loader
+from facetrain.data import CachePlan, FaceDataset, Preprocess, decode_into, eval_loader, private_pixels
 from facetrain.errors import ConfigError
 from facetrain.evaluation import (
     FAR_TARGETS,
+    PairImages,
     PairList,
     PairsReport,
     embed_loader,
@@ -63,12 +65,32 @@ class Monitor:
         self.sets = list(zip(names, pair_lists, strict=True))
         if self.sets:
             _check_best_metric(config.eval.best_metric, pair_lists[0])
-        self.holdout_loader, self.holdout_size = None, 0
+        self.cached: dict[str, torch.Tensor] = {}  # uint8 pixels of this rank's share, by set name
+        self.held_out, self.holdout_loader, self.holdout_size = held_out, None, 0
+        self.holdout_batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # cached
         if held_out is not None and not self.sets:
             pin = device.type == "cuda"
             self.holdout_size = len(held_out)
             share = Subset(held_out, _share(len(held_out)))
             self.holdout_loader = eval_loader(share, config.eval.batch_size, config.data.num_workers, pin)
+
+    def cache(self, plan: CachePlan, progress: bool) -> None:
+        """Decodes this rank's share of the verification images once, if ``plan`` takes them (every rank calls it)."""
+        size, workers = self.preprocess.image_size, self.config.data.num_workers
+        for name, pairs in self.sets:
+            if plan.take(f"verification images of eval set '{name}'", len(pairs.images), size):
+                share = _share(len(pairs.images))
+                self.cached[name] = _decoded(PairImages(pairs, self.preprocess), share, workers, f"caching {name}",
+                                             progress)  # fmt: skip
+        held_out = self.held_out
+        if held_out is None or self.holdout_loader is None:
+            return
+        if plan.take("held-out identities' images", self.holdout_size, size):
+            share = _share(self.holdout_size)
+            pixels = _decoded(held_out, share, workers, "caching held-out images", progress)
+            labels = torch.tensor(held_out.labels[share.start : share.stop], dtype=torch.int64)
+            batch = self.config.eval.batch_size
+            self.holdout_batches = list(zip(pixels.split(batch), labels.split(batch), strict=True))
 
     @property
     def active(self) -> bool:
@@ -90,7 +112,7 @@ class Monitor:
         for name, pairs in self.sets:
             plain, fused = embed_pairs_images(
                 embedder, pairs, self.preprocess, self.device, self.precision, cfg.batch_size,
-                self.config.data.num_workers, cfg.flip, part=_share(len(pairs.images)),
+                self.config.data.num_workers, cfg.flip, part=_share(len(pairs.images)), cached=self.cached.get(name),
             )  # fmt: skip
             plain, fused = _join(plain, len(pairs.images)), _join(fused, len(pairs.images))
             if plain is not None:
@@ -109,7 +131,8 @@ class Monitor:
         )
 
     def _evaluate_holdout(self, embedder: nn.Module, step: int) -> Evaluation | None:
-        embeddings, labels = embed_loader(embedder, self.holdout_loader, self.device, self.precision)
+        batches = self.holdout_batches if self.holdout_batches is not None else self.holdout_loader
+        embeddings, labels = embed_loader(embedder, batches, self.device, self.precision)
         embeddings, labels = _join(embeddings, self.holdout_size), _join(labels, self.holdout_size)
         if embeddings is None or labels is None:
             return None
@@ -133,6 +156,20 @@ class Monitor:
         figure = verification_figure(report.scores, report.is_same, metrics.threshold, title)
         self.tensorboard.figure(f"eval/{report.name}/roc", figure, step)
         log.debug("%s", format_report(report))
+
+
+def _decoded(source: Any, share: range, workers: int, desc: str, progress: bool) -> torch.Tensor:
+    """uint8 pixels of images ``share`` of ``source``. An image that does not decode is read again the way
+    an uncached evaluation reads it: a .rec's is replaced by another of its identity, a file's stops the run."""
+    pixels, error = torch.empty(0, dtype=torch.uint8), None
+    try:
+        pixels = private_pixels(len(share), source.preprocess.image_size)
+        for index, _ in decode_into(pixels, source, share, share.start, workers, desc, progress):
+            pixels[index - share.start] = source.read(index)
+    except Exception as exc:  # every rank must reach the settle below
+        error = exc
+    distributed.settle(error)
+    return pixels
 
 
 def _share(count: int) -> range:

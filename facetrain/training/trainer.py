@@ -16,7 +16,16 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from facetrain import distributed
 from facetrain.config import Config, dump_config
-from facetrain.data import EpochSampler, build_datasets, num_classes_problem, train_loader
+from facetrain.data import (
+    CachePlan,
+    EpochSampler,
+    TrainImages,
+    as_batch,
+    build_datasets,
+    model_input,
+    num_classes_problem,
+    train_loader,
+)
 from facetrain.errors import ConfigError, TrainingError
 from facetrain.files import write_text
 from facetrain.models import ShardedHead, build_embedder, build_head, rival_cosines
@@ -100,6 +109,12 @@ class Trainer(Checkpoints):
             except Exception as exc:
                 error = exc
         distributed.settle(error)
+        error = None
+        try:
+            self._cache_images()
+        except Exception as exc:  # the caches' own collectives settle every failure that one rank alone meets
+            error = exc
+        distributed.settle(error)
         trained = self.eval_model = self.embedder
         if cfg.train.compile:  # one compile for training, one for evaluation; they fall back together
             trained = CompiledOrEager(self.embedder, "embedder in training")
@@ -158,6 +173,18 @@ class Trainer(Checkpoints):
         if self.resume_path:
             self._load(self.resume_path)
 
+    def _cache_images(self) -> None:
+        """``data.cache``: decodes the training and verification images once, then reads batches from memory."""
+        cfg = self.config.data
+        if cfg.cache == "none":
+            return
+        plan = CachePlan.create(cfg)
+        show = self.progress and self.main
+        self.images.cache(plan, cfg.num_workers, show)
+        self.monitor.cache(plan, show)
+        if self.images.cached:  # a batch is one gather from memory: workers would only add copies
+            self.loader = self._train_loader(0)
+
     def _prepare_run_dir(self) -> None:
         sweep_stale_temps(self.run_dir)
         if self.overwrite and not continues(self.run_dir, self.resume_path):
@@ -176,15 +203,17 @@ class Trainer(Checkpoints):
 
     def _setup_loaders(self) -> None:
         cfg = self.config
-        pin = self.device.type == "cuda"
         self.global_batch = cfg.train.batch_size * self.world
         self.sampler = EpochSampler(
             len(self.data.train), cfg.seed, cfg.data.hflip, cfg.train.batch_size, distributed.rank(), self.world
         )
-        self.loader = train_loader(
-            self.data.train, self.sampler, cfg.train.batch_size, cfg.data.num_workers, pin, self.world
-        )
+        self.images = TrainImages(self.data.train)
+        self.loader = self._train_loader(cfg.data.num_workers)
         self.steps_per_epoch = math.ceil(self.micro_batches / cfg.train.grad_accum_steps)
+
+    def _train_loader(self, workers: int) -> Any:
+        cfg, pin = self.config, self.device.type == "cuda"
+        return train_loader(self.images, self.sampler, cfg.train.batch_size, workers, pin, self.world, as_batch)
 
     @property
     def samples_in_epoch(self) -> int:
@@ -240,10 +269,9 @@ class Trainer(Checkpoints):
                 self.save()  # after the evaluation, so last.pt knows the best value (resume keeps best.pt right)
                 result.history.append(stats)
                 log.info("epoch %d/%d: %s", self.epoch, self.config.train.epochs, format_epoch(stats))
-                bad = self.data.train.bad_records  # a .rec's undecodable images, replaced
+                bad = self.images.bad_report()  # undecodable images, each read as another of its identity
                 if bad:
-                    log.warning("%d reads of data.root records whose image cannot be decoded so far (this rank's "
-                                "reads); each was replaced by another image of its identity", bad)  # fmt: skip
+                    log.warning("%s", bad)
         if self.best_path.exists():
             result.best = self.best_path
 
@@ -313,9 +341,7 @@ class Trainer(Checkpoints):
         self.optimizer.zero_grad(set_to_none=True)
         measure = self.watch.start_step(self.scheduler.step_count, self.step)  # sets this step's margin
         for index in range(group):
-            images, labels = next(batches)
-            images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
-            labels = labels.to(self.device, non_blocking=True)
+            images, labels = self.model_batch(next(batches))
             # DDP all-reduces the embedder's gradients once per optimizer step, after the last micro-batch.
             last = index == group - 1
             with contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync():
@@ -333,6 +359,17 @@ class Trainer(Checkpoints):
         self.scheduler.step()
         self.step += 1
         return grad_norm
+
+    def model_batch(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(model input, labels) on the device, from a loader's (uint8 pixels, flips, labels) or from
+        (float images, labels) already normalised."""
+        if len(batch) == 3:
+            pixels, flips, labels = batch
+            images = model_input(pixels, flips, self.device, self.memory_format)
+        else:
+            images, labels = batch
+            images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        return images, labels.to(self.device, non_blocking=True)
 
     def _check_gradients(self) -> None:
         """Stops the run if a step since the last check had a non-finite gradient (one host sync)."""
