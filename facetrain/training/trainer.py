@@ -16,16 +16,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from facetrain import distributed
 from facetrain.config import Config, dump_config
-from facetrain.data import (
-    CachePlan,
-    EpochSampler,
-    TrainImages,
-    as_batch,
-    build_datasets,
-    model_input,
-    num_classes_problem,
-    train_loader,
-)
+from facetrain.data import build_datasets, num_classes_problem
 from facetrain.errors import ConfigError, TrainingError
 from facetrain.files import write_text
 from facetrain.models import ShardedHead, build_embedder, build_head, rival_cosines
@@ -39,6 +30,7 @@ from facetrain.runtime import (
 )
 from facetrain.training import parallel
 from facetrain.training.angles import HeadWatch
+from facetrain.training.feed import Feed
 from facetrain.training.guard import GradientGuard
 from facetrain.training.messages import describe_head, first_sentence, format_epoch, log_parallel
 from facetrain.training.monitor import Evaluation, Monitor
@@ -69,7 +61,7 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-class Trainer(Checkpoints):
+class Trainer(Feed, Checkpoints):
     def __init__(
         self,
         config: Config,
@@ -173,18 +165,6 @@ class Trainer(Checkpoints):
         if self.resume_path:
             self._load(self.resume_path)
 
-    def _cache_images(self) -> None:
-        """``data.cache``: decodes the training and verification images once, then reads batches from memory."""
-        cfg = self.config.data
-        if cfg.cache == "none":
-            return
-        plan = CachePlan.create(cfg)
-        show = self.progress and self.main
-        self.images.cache(plan, cfg.num_workers, show)
-        self.monitor.cache(plan, show)
-        if self.images.cached:  # a batch is one gather from memory: workers would only add copies
-            self.loader = self._train_loader(0)
-
     def _prepare_run_dir(self) -> None:
         sweep_stale_temps(self.run_dir)
         if self.overwrite and not continues(self.run_dir, self.resume_path):
@@ -200,30 +180,6 @@ class Trainer(Checkpoints):
                 f"{self.world} ranks but only {self.data.num_classes} training identities: each rank holds a slice "
                 "of the classifier, so start at most as many processes as identities"
             )
-
-    def _setup_loaders(self) -> None:
-        cfg = self.config
-        self.global_batch = cfg.train.batch_size * self.world
-        self.sampler = EpochSampler(
-            len(self.data.train), cfg.seed, cfg.data.hflip, cfg.train.batch_size, distributed.rank(), self.world
-        )
-        self.images = TrainImages(self.data.train)
-        self.loader = self._train_loader(cfg.data.num_workers)
-        self.steps_per_epoch = math.ceil(self.micro_batches / cfg.train.grad_accum_steps)
-
-    def _train_loader(self, workers: int) -> Any:
-        cfg, pin = self.config, self.device.type == "cuda"
-        return train_loader(self.images, self.sampler, cfg.train.batch_size, workers, pin, self.world, as_batch)
-
-    @property
-    def samples_in_epoch(self) -> int:
-        """Samples of the current epoch used so far, by every rank together."""
-        return self.batch_in_epoch * self.global_batch + self.offset
-
-    @property
-    def micro_batches(self) -> int:
-        """Global micro-batches in the current epoch, counted after ``offset`` (whole global batches only)."""
-        return (len(self.data.train) - self.offset) // self.global_batch
 
     # ------------------------------------------------------------------ fit
     def fit(self, stop_at_epoch: int | None = None) -> FitResult:
@@ -359,17 +315,6 @@ class Trainer(Checkpoints):
         self.scheduler.step()
         self.step += 1
         return grad_norm
-
-    def model_batch(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(model input, labels) on the device, from a loader's (uint8 pixels, flips, labels) or from
-        (float images, labels) already normalised."""
-        if len(batch) == 3:
-            pixels, flips, labels = batch
-            images = model_input(pixels, flips, self.device, self.memory_format)
-        else:
-            images, labels = batch
-            images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
-        return images, labels.to(self.device, non_blocking=True)
 
     def _check_gradients(self) -> None:
         """Stops the run if a step since the last check had a non-finite gradient (one host sync)."""
