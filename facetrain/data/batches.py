@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -30,7 +31,7 @@ class TrainImages(Dataset):
 
     def __init__(self, dataset: FaceDataset | RecordDataset) -> None:
         self.dataset = dataset
-        self.labels = torch.tensor(dataset.labels, dtype=torch.int64)
+        self.labels = label_tensor(dataset)
         self.pixels: torch.Tensor | None = None  # the cache: one row per image
         self.reads: torch.Tensor | None = None  # per image, the row it reads: its own, or a stand-in's
         self.bad_images = 0  # images found undecodable while caching
@@ -91,7 +92,7 @@ class TrainImages(Dataset):
         distributed.settle(error)
         assert pixels is not None
         found = sorted({item for peer in distributed.all_gather_objects(bad) for item in peer})
-        self.reads = stand_ins(self.labels, [index for index, _ in found], self.dataset.class_names, found)
+        self.reads = stand_ins(self.labels, found, self.dataset.class_names)
         self.pixels, self.bad_images = pixels, len(found)
         if not distributed.is_main():  # every rank found the same: the main rank says it
             return
@@ -104,12 +105,21 @@ class TrainImages(Dataset):
                         len(found) - _NAMED)  # fmt: skip
 
 
-def stand_ins(labels: torch.Tensor, bad: list[int], names: list[str], found: list[tuple[int, str]]) -> torch.Tensor:
-    """Per image, the image read in its place: itself, or for a bad one the next good image of its identity
-    (wrapping around), the rule a ``.rec`` read without a cache follows."""
+def label_tensor(dataset: FaceDataset | RecordDataset) -> torch.Tensor:
+    """Every image's label, without a Python list per image for a ``.rec`` (WebFace42M has 42M)."""
+    if isinstance(dataset, RecordDataset):
+        counts = torch.from_numpy(np.diff(dataset.class_starts))
+        return torch.repeat_interleave(torch.arange(len(counts)), counts)
+    return torch.tensor(dataset.labels, dtype=torch.int64)
+
+
+def stand_ins(labels: torch.Tensor, found: list[tuple[int, str]], names: list[str]) -> torch.Tensor:
+    """Per image, the image read in its place: itself, or for a bad one (``found``: index, reason) the next
+    good image of its identity (wrapping around), the rule a ``.rec`` read without a cache follows."""
     reads = torch.arange(len(labels))
-    if not bad:
+    if not found:
         return reads
+    bad = [index for index, _ in found]
     usable = torch.ones(len(labels), dtype=torch.bool)
     usable[bad] = False
     starts = torch.searchsorted(labels, torch.arange(int(labels[-1]) + 2))  # labels are grouped in order

@@ -161,8 +161,8 @@ def shared_pixels(count: int, image_size: int, place: int, first: int) -> torch.
 
     ``place``: this rank's place among its machine's ranks; ``first``: their first rank (``node_peers``).
     The machine's first rank creates a file in /dev/shm and reserves its memory (so a full /dev/shm
-    is an error here, never a SIGBUS later); every rank of the machine maps it; then the file is
-    removed, so nothing is left behind when the run ends, however it ends.
+    is an error here, never a SIGBUS later); every rank of the machine maps it; then its name is
+    removed (on failure too), and the memory goes when the last process holding it ends.
     """
     token = distributed.broadcast_object(secrets.token_hex(8) if distributed.is_main() else None)
     path = SHARED_DIR / f"facetrain-cache-{token}-{first}"
