@@ -154,3 +154,16 @@ def test_a_corrupt_image_found_while_caching_is_skipped_and_counted(tmp_path):
     named = [line for line in lines if "trained on another image of identity 'id01' instead" in line]
     assert len(named) == 1 and "cannot read image" in named[0] and "id01/img02.png" in named[0]
     assert "1 images of data.root cannot be decoded (found while caching)" in result.stderr
+
+
+def test_cache_ram_on_a_machine_without_the_memory_is_one_line_and_exit_2(tmp_path, monkeypatch):
+    from facetrain.data import cache
+
+    monkeypatch.setattr(cache, "available_memory", lambda: 10_000)  # bytes: far less than 16 images
+    faces = make_faces(tmp_path / "faces", identities=6, per_identity=4)
+    config = write_config(tmp_path, faces)
+    result = runner.invoke(app, ["train", "--config", config, "--no-progress", "--set", "data.cache=ram"])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output
+    assert errors[0].startswith("error: data.cache: ram: the training images (") and "set data.cache: auto" in errors[0]
