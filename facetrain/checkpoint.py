@@ -3,6 +3,9 @@
 A checkpoint holds tensors and primitives only, so ``torch.load(weights_only=True)`` reads it
 and nothing in it can run code. It is written to a temporary file in the same folder and then
 renamed over the old one, so a crash or Ctrl-C mid-save leaves the last good file intact.
+
+torch is imported where a checkpoint is read or written, not with the module: ``require_checkpoint``
+answers a wrong path before torch is loaded.
 """
 
 from __future__ import annotations
@@ -13,14 +16,16 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from facetrain import __version__
 from facetrain.errors import CheckpointError, FacetrainError, brief
-from facetrain.files import TORCH_ARCHIVE, describe, require_file, write_stream
+from facetrain.files import TORCH_ARCHIVE, describe, require_kind, write_stream
 
 FORMAT_VERSION = 1
+# What torch.load can read: a torch.save archive, or the legacy pickle format (refused later, but named).
+TORCH_FILES = (TORCH_ARCHIVE, "a Python pickle")
+CHECKPOINT_FIX = "give the path of a last.pt or best.pt written by facetrain train"
 REQUIRED_KEYS = ("format_version", "config", "num_classes", "embedder", "head")
 RESUME_KEYS = ("class_names", "optimizer", "scheduler", "scaler", "epoch", "batch_in_epoch", "step", "rng")
 # Config keys that change the model's shapes, its input or the optimizer's state layout:
@@ -39,6 +44,8 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, intact: str = "") -
     A full disk or an unwritable folder is one ``OutputError`` line that says ``intact`` (which file
     is still good); a Ctrl-C mid-write stays a KeyboardInterrupt.
     """
+    import torch  # here, not at the top: checking a path must not cost torch's import
+
     payload = {"format_version": FORMAT_VERSION, "facetrain_version": __version__, **state}
     return write_stream(path, lambda stream: torch.save(payload, stream), "run_dir", intact)
 
@@ -51,7 +58,9 @@ def read_tensors(
     torch's own advice (re-run with ``weights_only=False``; "your checkpoint file is corrupted") never
     reaches the user: the message says what the file is instead.
     """
-    require_file(file, error, what, fix, look_for)
+    require_kind(file, error, what, fix, TORCH_FILES, look_for)
+    import torch
+
     try:
         with warnings.catch_warnings():  # torch's pickle-protocol and TorchScript notices: the error says more
             warnings.simplefilter("ignore")
@@ -62,8 +71,6 @@ def read_tensors(
 
 def _load_problem(file: Path, exc: Exception) -> str:
     kind = describe(file)
-    if kind not in (TORCH_ARCHIVE, "a Python pickle"):
-        return f"it is {kind}"
     unsafe = re.search(r"GLOBAL ([\w.]+)", str(exc))
     if unsafe:
         return f"it holds Python objects ({unsafe.group(1)}), which facetrain never unpickles (only tensors and values)"
@@ -74,14 +81,18 @@ def _load_problem(file: Path, exc: Exception) -> str:
     return f"it is {kind} that is truncated or damaged"
 
 
+def require_checkpoint(path: str | Path) -> Path:
+    """What ``load_checkpoint`` checks before reading: the file is there and torch can read its kind."""
+    return require_kind(path, CheckpointError, "checkpoint", CHECKPOINT_FIX, TORCH_FILES, ("last.pt", "best.pt"))
+
+
 def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     """Reads a facetrain checkpoint with ``weights_only=True`` and checks its layout.
 
     ``mmap``: tensors stay in the file until touched (a rank that keeps a slice reads only the slice).
     """
     file = Path(path)
-    fix = "give the path of a last.pt or best.pt written by facetrain train"
-    state = read_tensors(file, CheckpointError, "checkpoint", fix, ("last.pt", "best.pt"), mmap)
+    state = read_tensors(file, CheckpointError, "checkpoint", CHECKPOINT_FIX, ("last.pt", "best.pt"), mmap)
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint '{file}' holds a {type(state).__name__}, not a facetrain checkpoint")
     require_keys(state, REQUIRED_KEYS, file, "a facetrain checkpoint")
@@ -133,6 +144,8 @@ def check_resume_fields(state: dict[str, Any], file: str | Path) -> None:
 
 
 def _resume_field_problems(state: dict[str, Any]) -> list[tuple[str, str]]:
+    import torch
+
     def count(value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 

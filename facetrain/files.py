@@ -30,10 +30,11 @@ _TEMP_SUFFIX = ".tmp"
 _TEMP_RANDOM = r"[a-z0-9_]{8}"  # what tempfile.mkstemp puts between the prefix and the suffix
 
 
+RECORDIO = "an MXNet RecordIO file"
 _MAGIC = (
     (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"), (b"BM", "a BMP image"),
     (b"P5", "a PGM image"), (b"P6", "a PPM image"), (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"),
-    (b"\x80", "a Python pickle"), (b"\x1f\x8b", "a gzip archive"), (b"\xce\xd7\x23\x0a", "an MXNet RecordIO file"),
+    (b"\x80", "a Python pickle"), (b"\x1f\x8b", "a gzip archive"), (b"\xce\xd7\x23\x0a", RECORDIO),
 )  # fmt: skip
 TORCHSCRIPT = "an exported TorchScript model (written by facetrain export or torch.jit.save)"
 TORCH_ARCHIVE = "a torch.save archive (a checkpoint or weights file)"
@@ -100,6 +101,26 @@ def require_file(
         raise error(f"{what} '{file}' not found{broken}: {fix}")
     if not file.is_file():
         raise error(f"{what} '{file}' is {describe(file)}: {fix}")
+    return file
+
+
+def require_kind(
+    path: str | Path,
+    error: type[FacetrainError],
+    what: str,
+    fix: str,
+    kinds: tuple[str, ...],
+    look_for: tuple[str, ...] = (),
+) -> Path:
+    """``require_file``, then one ``error`` line when ``describe`` tells the file is none of ``kinds``.
+
+    Reads a few bytes and never imports torch: a PNG or a text file given as a checkpoint is refused
+    at once, with what it is.
+    """
+    file = require_file(path, error, what, fix, look_for)
+    kind = describe(file)
+    if kind not in kinds:
+        raise error(f"{what} '{file}' cannot be used: it is {kind}: {fix}")
     return file
 
 

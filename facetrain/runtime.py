@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from facetrain.config import check_device
 from facetrain.errors import ConfigError, brief
 
 log = logging.getLogger("facetrain")
@@ -32,6 +33,7 @@ class Precision:
 
 def resolve_device(name: str, key: str = "train.device") -> torch.device:
     """``auto`` picks CUDA when present, else CPU; ``cuda`` without CUDA is an error naming ``key``."""
+    check_device(name, key)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -44,7 +44,8 @@ from torchvision.transforms.v2 import functional as TF
 
 from facetrain.data.align import ARCFACE_112, Aligner, FaceDetector, choose_face, umeyama
 from facetrain.data.align.geometry import apply, invert
-from facetrain.data.preprocess import find_images, load_image
+from facetrain.data.preprocess import load_image
+from facetrain.data.sources import find_images
 
 TEMPLATES = {"arcface": ARCFACE_112, "sphereface112": ARCFACE_112 - np.array([8.0, 0.0])}
 PAD = 56  # each side: a 112 crop becomes 224x224

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from facetrain.config import ModelConfig
-from facetrain.data.folders import scan_identities
+from facetrain.data.identities import scan_identities
 from facetrain.data.preprocess import Preprocess
 from facetrain.evaluation.evaluate import embed_pairs_images, report_pairs
 from facetrain.evaluation.pairs import PairList

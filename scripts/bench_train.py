@@ -132,7 +132,8 @@ def synthetic(args, device) -> Iterator:
 
 def loader_batches(root: Path, args, device) -> Iterator:
     from facetrain.data import EpochSampler, TrainImages, as_batch, train_loader
-    from facetrain.data.folders import make_dataset, scan_identities
+    from facetrain.data.folders import make_dataset
+    from facetrain.data.identities import scan_identities
     from facetrain.data.preprocess import Preprocess
 
     dataset = TrainImages(make_dataset(scan_identities(root), Preprocess(args.image_size)))

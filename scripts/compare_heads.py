@@ -46,9 +46,10 @@ import torch
 import yaml
 
 from facetrain.config import HEAD_OPTIONS, HEAD_TYPES, Config, DataConfig, config_from_dict, config_to_dict
-from facetrain.data.folders import split_identities
+from facetrain.data.identities import split_identities
 from facetrain.evaluation.evaluate import run_eval
 from facetrain.evaluation.pairgen import make_pairs, write_lfw_pairs
+from facetrain.evaluation.pairs import read_pairs
 from facetrain.runtime import resolve_device
 from facetrain.training.trainer import Trainer
 
@@ -132,7 +133,7 @@ def train_and_evaluate(config: Config, pairs_file: Path, image_root: Path, label
     finally:
         trainer.tensorboard.close()
     checkpoint = trainer.save()
-    [report] = run_eval(checkpoint, [pairs_file], image_root, "lfw", device=trainer.device)
+    [report] = run_eval(checkpoint, [read_pairs(pairs_file, image_root, "lfw")], device=trainer.device)
     metrics = report.headline
     median = statistics.median(epoch["seconds"] for epoch in epochs)
     images = trainer.micro_batches * config.train.batch_size  # drop_last: images seen per epoch

@@ -35,6 +35,7 @@ def facetrain(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.alone  # a launcher and its ranks
 def test_torchrun_two_ranks_trains_once_and_every_command_reads_the_checkpoint(tmp_path):
     config = write_config(tmp_path)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
@@ -85,6 +86,7 @@ def test_config_error_under_nproc_per_node_is_one_line_and_exit_2(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.alone  # a launcher and its ranks
 def test_error_on_the_main_rank_alone_stops_every_rank_with_one_message(tmp_path):
     config = write_config(tmp_path)
     (tmp_path / "run").mkdir()
@@ -125,6 +127,7 @@ def _workers(parent: int) -> list[int]:
     return children
 
 
+@pytest.mark.alone  # a launcher and its ranks
 @pytest.mark.skipif(not Path("/proc").exists(), reason="finds the workers through /proc")
 def test_sigterm_on_the_launcher_stops_every_rank_and_keeps_the_checkpoint(tmp_path):
     process, checkpoint = _start(tmp_path)
@@ -144,6 +147,7 @@ def test_sigterm_on_the_launcher_stops_every_rank_and_keeps_the_checkpoint(tmp_p
     assert (final["world_size"], final["epoch"], final["batch_in_epoch"]) == (3, saved["epoch"] + 1, 0)
 
 
+@pytest.mark.alone  # a launcher and its ranks
 @pytest.mark.skipif(not Path("/proc").exists(), reason="finds the workers through /proc")
 def test_a_killed_rank_makes_the_others_exit(tmp_path):
     process, checkpoint = _start(tmp_path)
@@ -157,6 +161,7 @@ def test_a_killed_rank_makes_the_others_exit(tmp_path):
     assert load_checkpoint(checkpoint)["world_size"] == 2
 
 
+@pytest.mark.alone  # a launcher and its ranks
 @pytest.mark.parametrize(
     ("setting", "message"),
     [

@@ -91,6 +91,7 @@ def test_unpack_writes_folders_and_refuses_a_used_one(tmp_path):
     assert again.exit_code == 2 and "already exists and is not an empty folder" in again.stderr
 
 
+@pytest.mark.alone  # two ranks
 def test_two_processes_train_from_a_rec(tmp_path):
     config = write_tiny_yaml(tmp_path, HEAD, "{epochs: 1, batch_size: 4, lr: 0.05, warmup_epochs: 0.5}")
     rec = tmp_path / "rec" / "train.rec"
@@ -156,6 +157,7 @@ def test_pack_and_unpack_mistakes_are_one_line_and_exit_2(tmp_path):
     assert not (tmp_path / "out").exists() and not rec.exists()
 
 
+@pytest.mark.alone  # two ranks
 def test_a_bad_rec_under_two_processes_is_reported_once(tmp_path):
     config = write_tiny_yaml(tmp_path, HEAD, TRAIN)
     result = subprocess.run(

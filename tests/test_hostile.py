@@ -620,6 +620,7 @@ def facetrain(*args: str, **kwargs) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)  # fmt: skip
 
 
+@pytest.mark.alone  # a real signal, timed against a running process
 @pytest.mark.parametrize(
     ("sig", "code", "word", "workers"),
     [
@@ -633,9 +634,12 @@ def test_a_real_signal_mid_training(world, tmp_path, sig, code, word, workers):
     config = tmp_path / "c.yaml"
     config.write_text(config_text(tmp_path, world.faces, tmp_path / "run"))
     last = tmp_path / "run" / "last.pt"
+    # Ctrl-C's default action in the child, even when these tests were started in the background
+    # (a shell's background job inherits SIGINT ignored, and Python then never raises KeyboardInterrupt).
     proc = facetrain("train", "--config", str(config), "--no-progress", "--set", "train.epochs=200",
                      "--set", "train.checkpoint_every_steps=1", "--set", "data.val_identities=0",
-                     "--set", f"data.num_workers={workers}", start_new_session=True)  # fmt: skip
+                     "--set", f"data.num_workers={workers}", start_new_session=True,
+                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     deadline = time.monotonic() + 120
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -1,18 +1,23 @@
 """The package by stage, and imports that run one way.
 
     cli  →  training, deploy, diagnostics  →  evaluation  →  models  →  data
-         →  config, runtime, checkpoint, distributed  →  safe_yaml  →  schema, files  →  errors
+         →  runtime, checkpoint, distributed  →  config  →  safe_yaml  →  schema, files  →  errors, lazy
 
 A module may import its own unit (a wing such as ``facetrain.data``, or a base module such as
 ``facetrain.config``) and any unit of a lower rank; never a higher rank, and never a peer of the
 same rank. Another wing is imported through its package (``from facetrain.data import
-Preprocess``), whose ``__init__`` re-exports just what the other wings use.
+Preprocess``), whose ``__init__`` re-exports just what the other wings use, lazily: it maps each
+name to its module with ``facetrain.lazy.lazy_exports``, so importing a wing imports nothing else.
+
+Loading a trained model is the models wing's (``facetrain.models.load_model``): evaluation, deploy
+and diagnostics all take it from there.
 """
 
 from __future__ import annotations
 
 import ast
 import functools
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -23,21 +28,22 @@ PACKAGE = Path(__file__).resolve().parents[1] / "facetrain"
 RANK = {
     "__init__": 0,  # the package's own __init__: the version string
     "errors": 0,
+    "lazy": 0,  # PEP 562 re-exports for the wings' __init__
     "schema": 1,
     "files": 1,
     "safe_yaml": 2,
     "config": 3,
-    "runtime": 3,
-    "checkpoint": 3,
-    "distributed": 3,  # every collective; no-ops for one process
-    "data": 4,
-    "models": 5,
-    "evaluation": 6,
-    "training": 7,
-    "deploy": 7,
-    "diagnostics": 7,
-    "cli": 8,
-    "__main__": 9,  # python -m facetrain: runs the CLI
+    "runtime": 4,
+    "checkpoint": 4,
+    "distributed": 4,  # every collective; no-ops for one process
+    "data": 5,
+    "models": 6,
+    "evaluation": 7,
+    "training": 8,
+    "deploy": 8,
+    "diagnostics": 8,
+    "cli": 9,
+    "__main__": 10,  # python -m facetrain: runs the CLI
 }
 WINGS = ("data", "models", "evaluation", "training", "deploy", "diagnostics")
 
@@ -53,13 +59,19 @@ def unit_of(name: str) -> str:
 
 
 @functools.cache
-def wing_exports(wing: str) -> set[str]:
-    """The names in ``__all__`` of ``facetrain/<wing>/__init__.py``."""
+def wing_modules(wing: str) -> dict[str, tuple[str, ...]]:
+    """``{module: names}`` that ``facetrain/<wing>/__init__.py`` hands to ``lazy_exports``."""
     tree = ast.parse((PACKAGE / wing / "__init__.py").read_text())
     for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(target, "id", None) == "__all__" for target in node.targets):
-            return set(ast.literal_eval(node.value))
-    return set()
+        call = node.value if isinstance(node, ast.Assign) else None
+        if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "lazy_exports" and len(call.args) == 2:
+            return ast.literal_eval(call.args[1])
+    return {}
+
+
+def wing_exports(wing: str) -> set[str]:
+    """The names that ``facetrain.<wing>`` re-exports (its ``__all__``)."""
+    return {name for names in wing_modules(wing).values() for name in names}
 
 
 def _dynamic_import(node: ast.Call) -> str | None:
@@ -153,7 +165,11 @@ def test_every_import_runs_downward(path):
         ("data.folders", "def f():\n    import facetrain.training.trainer", "upward (training is above data)"),
         ("data.folders", "from facetrain import training", "upward (training is above data)"),
         ("models.heads", "from facetrain.evaluation import load_model", "upward (evaluation is above models)"),
-        ("config", "from facetrain.runtime import resolve_device", "runtime and config are peers"),
+        # Model loading is the models wing's: asking evaluation for it is caught.
+        ("deploy.export", "from facetrain.evaluation import load_model", "load_model not in facetrain.evaluation"),
+        ("diagnostics.outliers", "from facetrain.evaluation import load_weights", "not in facetrain.evaluation"),
+        ("config", "from facetrain.runtime import resolve_device", "upward (runtime is above config)"),
+        ("runtime", "from facetrain.checkpoint import load_checkpoint", "checkpoint and runtime are peers"),
         ("deploy.export", "from facetrain.training import train", "training and deploy are peers"),
         ("training.monitor", "from facetrain.evaluation.pairs import PairList", "from the wing's package"),
         ("evaluation.pairs", "from ..training import train", "upward (training is above evaluation)"),
@@ -196,11 +212,11 @@ def test_a_wing_says_what_it_is_for_and_exports_only_what_others_use(wing):
     doc = ast.get_docstring(tree) or ""
     assert doc and "\n" not in doc.strip(), f"facetrain/{wing}/__init__.py: give it a one-line docstring"
     exported = wing_exports(wing)
-    assert exported, f"facetrain/{wing}/__init__.py: list its re-exports in __all__"
-    imported = {
-        alias.asname or alias.name for node in tree.body if isinstance(node, ast.ImportFrom) for alias in node.names
-    }
-    assert exported == imported, f"facetrain.{wing}: __all__ and the imports of __init__.py differ"
+    assert exported, f"facetrain/{wing}/__init__.py: map its re-exports with lazy_exports"
+    imports = [node for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)]
+    assert [ast.unparse(node) for node in imports] == ["from facetrain.lazy import lazy_exports"], (
+        f"facetrain/{wing}/__init__.py imports more than lazy_exports: importing the wing would load it all"
+    )
     used_elsewhere = {
         name
         for path in MODULES
@@ -210,6 +226,45 @@ def test_a_wing_says_what_it_is_for_and_exports_only_what_others_use(wing):
         for name in names
     }
     assert sorted(exported - used_elsewhere) == [], f"facetrain.{wing} re-exports names no other unit imports"
+
+
+@pytest.mark.parametrize("wing", WINGS)
+def test_every_lazy_name_is_defined_where_its_wing_says(wing):
+    package = importlib.import_module(f"facetrain.{wing}")
+    modules = wing_modules(wing)
+    assert package.__all__ == sorted(name for names in modules.values() for name in names)
+    for module, names in modules.items():
+        home = importlib.import_module(f"facetrain.{wing}.{module}")
+        for name in names:
+            assert getattr(package, name) is getattr(home, name), f"facetrain.{wing}.{name}"
+    with pytest.raises(AttributeError, match="has no attribute 'nothing_here'"):
+        _ = package.nothing_here
+
+
+def test_importing_a_wing_imports_none_of_its_modules():
+    code = (
+        "import sys\n"
+        f"for wing in {list(WINGS)!r}:\n"
+        "    before = set(sys.modules)\n"
+        "    __import__('facetrain.' + wing)\n"
+        "    print(wing, sorted(m for m in set(sys.modules) - before if m.startswith('facetrain')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    expected = [f"{wing} {sorted({f'facetrain.{wing}'} | ({'facetrain', 'facetrain.lazy'} if i == 0 else set()))}"
+                for i, wing in enumerate(WINGS)]  # fmt: skip
+    assert out.splitlines() == expected
+
+
+def test_model_loading_lives_with_the_models():
+    assert {"load_model", "load_weights"} <= wing_exports("models")
+    assert not {"load_model", "load_weights"} & wing_exports("evaluation")
+    defined_at = [
+        module_name(path)
+        for path in MODULES
+        for node in ast.parse(path.read_text()).body
+        if isinstance(node, ast.FunctionDef) and node.name in ("load_model", "load_weights")
+    ]
+    assert defined_at == ["models.loading", "models.loading"], defined_at
 
 
 def test_config_and_errors_load_without_torch():

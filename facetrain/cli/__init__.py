@@ -2,10 +2,15 @@
 
 Each command parses options and calls one library function; ``boundary.error_boundary`` wraps each
 one, so a known error is one message and exit code 2. The command modules import the library
-lazily, so importing the CLI loads neither torch nor tensorboard.
+lazily, so importing the CLI loads neither torch nor tensorboard, and each command checks its
+options, paths and config with modules that need no torch before it imports the wing that does the
+work: a mistake is answered in a fraction of a second (``tests/test_cli_fast.py``,
+``scripts/bench_cli.py``).
 """
 
 from __future__ import annotations
+
+from typing import Annotated
 
 import typer
 
@@ -32,6 +37,22 @@ app.command("check")(diagnostics.check_command)
 app.command("pack")(data.pack_command)
 app.command("unpack")(data.unpack_command)
 app.command("align")(data.align_command)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the facetrain version and exit."),
+    ] = False,
+) -> None:
+    """Options before the command: --version."""
 
 
 @app.command()

@@ -115,10 +115,16 @@ def align_command(
 
     Example: facetrain align --input photos --out data/aligned
     """
-    from facetrain.data import AlignOptions, align_folder, parse_size
-    from facetrain.runtime import resolve_device
+    from facetrain.config import check_device
+    from facetrain.data import AlignOptions, check_options, parse_size, require_photos
 
     options = AlignOptions(parse_size(size), all_faces, min_face, fallback)
+    check_options(min_face, fallback)
+    check_device(device, "--device")
+    require_photos(source)
+    from facetrain.data import align_folder
+    from facetrain.runtime import resolve_device
+
     result = align_folder(
         source, out, options, device=resolve_device(device, "--device"), workers=workers,
         progress=sys.stderr.isatty() if progress is None else progress,

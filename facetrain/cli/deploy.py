@@ -33,14 +33,16 @@ def export_command(
 
     Example: facetrain export --checkpoint runs/demo/best.pt --out runs/demo/model.pt
     """
-    from facetrain.deploy import export_model, find_images, threshold_from_eval_json
+    from facetrain.deploy import check_export, threshold_from_eval_json
 
     if threshold is not None and threshold_from is not None:
         raise typer.BadParameter("give --threshold or --threshold-from, not both")
     if threshold_from is not None:
         threshold = threshold_from_eval_json(threshold_from, checkpoint)
+    check_export(checkpoint, out, out_format, threshold)
     samples = None
     if parity_images is not None:
+        from facetrain.data import find_images
         from facetrain.files import require_folder
 
         samples = find_images(
@@ -48,6 +50,8 @@ def export_command(
         )[0][:8]
         if not samples:
             raise DataError(f"--parity-images: no images in '{parity_images}': give a folder of face images")
+    from facetrain.deploy import export_model
+
     result = export_model(checkpoint, out, out_format, threshold=threshold, sample_images=samples)
     meta = result.metadata
     typer.echo(
@@ -84,9 +88,13 @@ def verify_command(
 
     Example: facetrain verify runs/demo/model.pt facetrain/assets/orl/s1/1.pgm facetrain/assets/orl/s1/2.pgm
     """
+    from facetrain.deploy import check_verify
+
+    crop = _align(align, align_size)
+    check_verify(model, image1, image2, threshold)
     from facetrain.deploy import verify_pair
 
-    result = verify_pair(model, image1, image2, threshold, align=_align(align, align_size))
+    result = verify_pair(model, image1, image2, threshold, align=crop)
     typer.echo(f"score: {result.score:.4f}")
     if result.same is None:
         typer.echo("no threshold: pass --threshold, or export with --threshold-from EVAL_JSON")
@@ -117,13 +125,19 @@ def embed_command(
 
     Example: facetrain embed --checkpoint runs/demo/best.pt --images facetrain/assets/orl --out orl.npz
     """
+    from facetrain.config import check_device
+    from facetrain.deploy import check_embed
+
+    crop = _align(align, align_size)
+    check_device(device, "--device")
+    check_embed(images, out, checkpoint, model, out_format)  # before the model is loaded, and torch imported
     from facetrain.deploy import embed_folder
     from facetrain.runtime import resolve_device
 
     result = embed_folder(
         images, out, checkpoint=checkpoint, model=model, fmt=out_format, batch_size=batch_size,
         device=resolve_device(device, "--device"), num_workers=workers,
-        progress=sys.stderr.isatty() if progress is None else progress, align=_align(align, align_size),
+        progress=sys.stderr.isatty() if progress is None else progress, align=crop,
     )  # fmt: skip
     for path, reason in result.skipped:
         typer.echo(f"skipped: {path}: {reason}", err=True)

@@ -36,12 +36,15 @@ def outliers_command(
 
     Example: facetrain outliers --checkpoint runs/demo/last.pt --out runs/demo/outliers.tsv
     """
+    from facetrain.checkpoint import require_checkpoint
+    from facetrain.config import check_device
     from facetrain.files import output_path
+
+    check_device(device, "--device")
+    require_checkpoint(checkpoint)
+    target = output_path(out or checkpoint.parent / "outliers.tsv", "--out", inputs=(checkpoint,))
     from facetrain.runtime import resolve_device
 
-    target = output_path(
-        out or checkpoint.parent / "outliers.tsv", "--out", inputs=(checkpoint,)
-    )  # before the embedding work
     write_outlier_report(checkpoint, target, angle, resolve_device(device, "--device"), batch_size)
 
 
@@ -81,10 +84,16 @@ def check_command(
     Example: facetrain check --config configs/r50.yaml --set data.root=/data/faces/train --world-size 8
     """
     from facetrain.config import load_config
+    from facetrain.diagnostics import ranks_problem
+
+    cfg = load_config(config, list(set_ or []))
+    if num_classes is not None and (problem := ranks_problem(world_size, num_classes)):
+        typer.echo(f"problem: {problem}", err=True)  # from the options alone: answered before any model is built
+        raise typer.Exit(2)
     from facetrain.diagnostics import format_plan, format_stages, run_check
 
     report = run_check(
-        load_config(config, list(set_ or [])),
+        cfg,
         progress=sys.stderr.isatty() if progress is None else progress,
         world_size=world_size,
         num_classes=num_classes,

@@ -46,17 +46,25 @@ def eval_command(
     Example: facetrain eval --checkpoint runs/demo/best.pt --pairs facetrain/assets/orl_holdout_pairs.txt
     --images facetrain/assets/orl --plot runs/demo/eval.png
     """
-    from facetrain.config import load_config
-    from facetrain.evaluation import format_report, run_eval, write_json, write_plots
+    from facetrain.checkpoint import require_checkpoint
+    from facetrain.config import check_device, check_overrides, load_config
+    from facetrain.evaluation import read_pairs_files
     from facetrain.files import output_path
-    from facetrain.runtime import resolve_device
 
+    check_device(device, "--device")
     cfg = load_config(config, list(set_ or [])) if config is not None else None
+    if cfg is None:
+        check_overrides(list(set_ or []))  # the keys now; the checkpoint's config, once it is read
+    require_checkpoint(checkpoint)
     for path, option in ((json_out, "--json"), (plot, "--plot")):
         if path is not None:
             output_path(path, option, inputs=(checkpoint, *(pairs or [])))  # before the embedding, not after
+    pair_lists = read_pairs_files(list(pairs or []), images, pairs_format)  # before torch and the checkpoint
+    from facetrain.evaluation import format_report, run_eval, write_json, write_plots
+    from facetrain.runtime import resolve_device
+
     reports = run_eval(
-        checkpoint, list(pairs or []), images, pairs_format, cfg, overrides=[] if cfg else list(set_ or []),
+        checkpoint, pair_lists, cfg, overrides=[] if cfg else list(set_ or []),
         device=resolve_device(device, "--device"), folds=folds, flip=flip, batch_size=batch_size,
     )  # fmt: skip
     typer.echo("\n\n".join(format_report(report) for report in reports))

@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from facetrain.cli.boundary import error_boundary
 from facetrain.cli.diagnostics import write_outlier_report
 from facetrain.cli.options import ConfigOption, SetOption
+
+if TYPE_CHECKING:
+    from facetrain.config import Config
 
 
 @error_boundary
@@ -61,32 +64,19 @@ def train(
 
     Example: facetrain train --config configs/demo.yaml --set train.epochs=5
     """
-    if nproc_per_node is not None:
+    cfg, overrides, run_config = _checked_inputs(
+        config, list(set_ or []), device, resume, overwrite, report_outliers, outlier_angle
+    )
+    if nproc_per_node is not None:  # after the checks: a mistake is answered once, before any worker starts
         from facetrain.cli.launch import launch_if_asked
 
         launch_if_asked(nproc_per_node)  # exits with the workers' code when it started them
-    from facetrain.config import load_config
     from facetrain.training import train as run_training
 
     if device:
         from facetrain.runtime import resolve_device
 
-        resolve_device(device, "--device")  # named as the user typed it, not as train.device
-    overrides = list(set_ or []) + ([f"train.device={device}"] if device else [])
-    if config is None and resume is None:
-        raise typer.BadParameter("give --config FILE, or --resume CHECKPOINT to continue a run")
-    cfg = load_config(config, overrides) if config is not None else None  # else: the checkpoint's own
-    if outlier_angle is not None and not 0.0 <= outlier_angle <= 180.0:  # NaN passes typer's range check
-        raise typer.BadParameter(f"--outlier-angle: must be degrees in [0, 180], got {outlier_angle}")
-    if outlier_angle is not None and not report_outliers:
-        raise typer.BadParameter("--outlier-angle applies to --report-outliers: add --report-outliers, or drop it")
-    run_config = None
-    if report_outliers:  # refused before training, not after it
-        from facetrain.diagnostics import check_reportable
-        from facetrain.files import output_path
-
-        run_config = check_reportable(cfg, resume, overrides, source=str(config or "config"))
-        output_path(Path(run_config.run_dir) / "outliers.tsv", "--report-outliers")
+        resolve_device(device, "--device")  # whether CUDA is there: torch's to say
     show_bar = sys.stderr.isatty() if progress is None else progress
     result = run_training(cfg, resume=resume, overrides=overrides, overwrite=overwrite, progress=show_bar)
     if os.environ.get("RANK", "0") != "0":
@@ -104,3 +94,45 @@ def train(
 
         out = result.checkpoint.parent / "outliers.tsv"
         write_outlier_report(result.checkpoint, out, outlier_angle, resolve_device(run_config.train.device), None)
+
+
+def _checked_inputs(
+    config: Path | None,
+    set_: list[str],
+    device: str | None,
+    resume: Path | None,
+    overwrite: bool,
+    report_outliers: bool,
+    outlier_angle: float | None,
+) -> tuple[Config | None, list[str], Config | None]:
+    """(config or None to use the checkpoint's, overrides, the config to report outliers of) once the
+    options, the config and every path it names are checked, all before torch is imported."""
+    from facetrain.checkpoint import require_checkpoint
+    from facetrain.config import check_device, check_overrides, load_config
+
+    if config is None and resume is None:
+        raise typer.BadParameter("give --config FILE, or --resume CHECKPOINT to continue a run")
+    if outlier_angle is not None and not 0.0 <= outlier_angle <= 180.0:  # NaN passes typer's range check
+        raise typer.BadParameter(f"--outlier-angle: must be degrees in [0, 180], got {outlier_angle}")
+    if outlier_angle is not None and not report_outliers:
+        raise typer.BadParameter("--outlier-angle applies to --report-outliers: add --report-outliers, or drop it")
+    if device:
+        check_device(device, "--device")  # named as the user typed it, not as train.device
+    overrides = set_ + ([f"train.device={device}"] if device else [])
+    cfg = load_config(config, overrides) if config is not None else None  # else: the checkpoint's own
+    if cfg is None:
+        check_overrides(overrides)  # the keys now; the checkpoint's config, once it is read
+    if resume is not None:
+        require_checkpoint(resume)
+    if cfg is not None:
+        from facetrain.training import check_inputs
+
+        check_inputs(cfg, resume, overwrite)
+    if not report_outliers:
+        return cfg, overrides, None
+    from facetrain.diagnostics import check_reportable
+    from facetrain.files import output_path
+
+    run_config = check_reportable(cfg, resume, overrides, source=str(config or "config"))  # refused before training
+    output_path(Path(run_config.run_dir) / "outliers.tsv", "--report-outliers")
+    return cfg, overrides, run_config

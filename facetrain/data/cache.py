@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from facetrain import distributed
 from facetrain.config import DataConfig
+from facetrain.data.images import BadImage
 from facetrain.data.loaders import quiet_worker
-from facetrain.data.preprocess import BadImage
 from facetrain.errors import DataError
 
 log = logging.getLogger("facetrain")

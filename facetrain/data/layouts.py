@@ -26,15 +26,15 @@ import numpy as np
 from tqdm import tqdm
 
 from facetrain import distributed
-from facetrain.data.recordio import MISMATCHED, Payload, RecordFile, read_index, unpack_payload
+from facetrain.data.recordio import EXACT_KEYS, MISMATCHED, Payload, RecordFile, read_index, unpack_payload
 from facetrain.data.records import RecordIdentity, RecordImages, RecordSource
+from facetrain.data.sources import require_records
 from facetrain.errors import DataError, FacetrainError
-from facetrain.files import require_file, write_stream
+from facetrain.files import write_stream
 
 log = logging.getLogger("facetrain")
 
 INSIGHTFACE, IM2REC = "insightface", "im2rec"
-EXACT_KEYS = 1 << 24  # float32 holds every whole number below this exactly
 LAYOUTS_READ = (
     "facetrain reads the insightface layout (a header record at key 0, identity range records) and im2rec "
     "files with one identity label per image"
@@ -43,13 +43,8 @@ LAYOUTS_READ = (
 
 def scan_records(root: str | Path, key: str = "data.root") -> list[RecordIdentity]:
     """The identities of a ``.rec`` (its ``.idx`` beside it), in label order."""
-    rec = require_file(root, DataError, key, f"set {key} to an insightface or im2rec train.rec, or to a folder")
+    rec = require_records(root, key)
     idx = rec.with_suffix(".idx")
-    if not idx.is_file():
-        raise DataError(
-            f"{key}: '{rec}' has no index '{idx.name}' beside it: RecordIO files are read through their .idx "
-            "(key<TAB>byte offset per line); copy it from where the .rec came from"
-        )
     keys, offsets = read_index(idx, rec.stat().st_size, rec)
     file = RecordFile(rec)
     try:

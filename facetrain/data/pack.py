@@ -22,11 +22,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from facetrain.data.folders import scan_identities
-from facetrain.data.layouts import EXACT_KEYS, scan_records
-from facetrain.data.preprocess import load_image
-from facetrain.data.recordio import RecordWriter, pack_payload
-from facetrain.data.records import is_record_file
+from facetrain.data.identities import scan_identities
+from facetrain.data.images import load_image
+from facetrain.data.recordio import EXACT_KEYS, RecordWriter, pack_payload
+from facetrain.data.sources import is_record_file, require_records
 from facetrain.errors import DataError, OutputError
 from facetrain.files import atomic_write, os_reason, output_path
 
@@ -165,6 +164,9 @@ def unpack_records(rec: str | Path, out: str | Path, progress: bool = True) -> U
     target = Path(out)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise OutputError(f"--out: '{target}' already exists and is not an empty folder: choose a new folder")
+    require_records(rec, "FILE")  # before the import below, which brings torch
+    from facetrain.data.layouts import scan_records  # a .rec's layout is read with torch's process group, if any
+
     identities = scan_records(rec, "FILE")
     if not target.exists():
         output_path(target, "--out")  # its parent exists (created if need be) and is writable; not target itself

@@ -6,79 +6,20 @@ checkpoint's saved config reproduces the exact input the model was trained on.
 
 from __future__ import annotations
 
-import io
-import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from facetrain.config import DataConfig
+from facetrain.data.images import load_image
 from facetrain.errors import DataError
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".pbm", ".pnm", ".tif", ".tiff", ".webp"}
-)
-# Larger images are refused before they are decoded: a 100 KB PNG can claim 144 Mpx (2 GB decoded).
-MAX_IMAGE_PIXELS = 64_000_000
 # Inputs are scaled to [0, 1], then normalised with these to [-1, 1] (the same for every channel).
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
-
-
-class BadImage(DataError):
-    """An image that cannot be read or decoded: a cache skips it (and counts it) rather than stopping."""
-
-
-def load_image(
-    path: str | Path, data: bytes | None = None, *, min_side: int | None = None, upright: bool = False
-) -> Image.Image:
-    """Decodes any common format (grey, RGB, RGBA, palette, 16-bit PGM) to 8-bit RGB.
-
-    ``data``, when given, holds the encoded image (``path`` then only names it in errors).
-    ``min_side``: a JPEG may be decoded at 1/2, 1/4 or 1/8 of its size, as long as both sides stay at
-    least this long (a phone photo then decodes in a fraction of the time). ``upright``: apply the
-    EXIF orientation a camera recorded.
-    """
-    try:
-        with warnings.catch_warnings():  # Pillow's own warnings (bombs, EXIF, palettes): ours say what matters
-            warnings.simplefilter("ignore")
-            return _decode(Image.open(io.BytesIO(data) if data is not None else path), path, min_side, upright)
-    except Image.DecompressionBombError:  # over Pillow's own limit, refused inside Image.open
-        raise DataError(_too_large(path, f"more than {2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} Mpx")) from None
-    except FileNotFoundError:
-        raise DataError(f"image '{path}' not found: check the path") from None
-    except PermissionError:
-        raise DataError(f"cannot read image '{path}' (permission denied): check its permissions") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        reason = "not a decodable image" if data is not None else str(exc)  # PIL would print a BytesIO repr
-        raise DataError(f"cannot read image '{path}': {reason}: replace or remove the file") from None
-
-
-def _decode(opened: Image.Image, path: str | Path, min_side: int | None, upright: bool) -> Image.Image:
-    with opened as image:
-        width, height = image.size  # from the header: nothing is decoded yet
-        if width * height > MAX_IMAGE_PIXELS:
-            raise DataError(_too_large(path, f"{width}x{height} pixels ({width * height / 1e6:.0f} Mpx)"))
-        if min_side is not None and image.format == "JPEG":
-            image.draft(image.mode, (min_side, min_side))  # keeps both sides >= min_side
-        image.load()
-        if upright:
-            image = ImageOps.exif_transpose(image)
-        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-            # 16-bit grey: keep the top 8 bits rather than clipping at 255.
-            image = image.point(lambda v: v / 256).convert("L")
-        return image.convert("RGB")
-
-
-def _too_large(path: str | Path, size: str) -> str:
-    return (
-        f"image '{path}' would decode to {size}, over the {MAX_IMAGE_PIXELS / 1e6:.0f} Mpx limit (a decompression "
-        "bomb, or a photo far larger than a face needs): downscale it, or remove it"
-    )
 
 
 @dataclass(frozen=True)
@@ -146,27 +87,3 @@ def model_input(
         flips = flips.to(device, non_blocking=True).view(-1, 1, 1, 1)
         pixels = torch.where(flips, pixels.flip(-1), pixels)
     return to_unit(pixels).to(memory_format=memory_format)
-
-
-def find_images(root: Path) -> tuple[list[Path], bool]:
-    """Image files under ``root`` in sorted order, and whether any lie in a sub-folder.
-
-    Hidden files and folders are ignored. Symlinked folders are followed, each real folder once.
-    """
-    found: list[Path] = []
-    seen: set[str] = set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen:  # a symlink loop or a folder linked twice
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found.extend(
-            Path(folder, name)
-            for name in files
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
-        )
-    # Sorting by path parts keeps each folder's files together (a plain string sort would not).
-    found.sort(key=lambda path: path.relative_to(root).parts)
-    return found, any(len(path.relative_to(root).parts) > 1 for path in found)

@@ -28,6 +28,7 @@ from facetrain.errors import DataError
 
 MAGIC = 0xCED7230A
 MAGIC_BYTES = struct.pack("<I", MAGIC)
+EXACT_KEYS = 1 << 24  # float32 holds every whole number below this exactly
 _CHUNK = struct.Struct("<II")  # magic, cflag << 29 | length
 _HEADER = struct.Struct("<IfQQ")  # flag, label, id, id2
 _LENGTH_MASK = (1 << 29) - 1

@@ -13,27 +13,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from facetrain.data.preprocess import BadImage, Preprocess, load_image, to_unit
-from facetrain.data.recordio import MAGIC_BYTES, Payload, RecordFile, unpack_payload
+from facetrain.data.images import BadImage, load_image
+from facetrain.data.preprocess import Preprocess, to_unit
+from facetrain.data.recordio import Payload, RecordFile, unpack_payload
 from facetrain.errors import DataError
 
 log = logging.getLogger("facetrain")
 
 _WARN_BAD = 5  # bad records each process names before it only counts them
-
-
-def is_record_file(root: str | Path) -> bool:
-    """``root`` names a ``.rec`` (by suffix, or a file that starts with the RecordIO magic word)."""
-    path = Path(root)
-    if path.is_dir():
-        return False
-    if path.suffix.lower() == ".rec":
-        return True
-    try:
-        with path.open("rb") as stream:
-            return stream.read(4) == MAGIC_BYTES
-    except OSError:
-        return False
 
 
 class RecordSource:

@@ -1,6 +1,12 @@
 """Deploy: export the embedder (TorchScript/ONNX with metadata), load it, verify pairs and embed folders."""
 
-from facetrain.deploy.embed import embed_folder, find_images
-from facetrain.deploy.export import export_model, threshold_from_eval_json, verify_pair
+from facetrain.lazy import lazy_exports
 
-__all__ = ["embed_folder", "export_model", "find_images", "threshold_from_eval_json", "verify_pair"]
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "embed": ("embed_folder",),
+        "export": ("export_model", "verify_pair"),
+        "inputs": ("check_embed", "check_export", "check_verify", "threshold_from_eval_json"),
+    },
+)

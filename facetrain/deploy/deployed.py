@@ -8,7 +8,6 @@ optionally a decision threshold). Plain ``torch.jit.load`` reads it; facetrain i
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,27 +17,11 @@ import torch
 from facetrain import __version__
 from facetrain.config import Config
 from facetrain.data import MEAN, STD, Preprocess
-from facetrain.errors import CheckpointError, ConfigError, FacetrainError, brief
-from facetrain.files import TORCH_ARCHIVE, TORCHSCRIPT, describe, require_file
+from facetrain.deploy.inputs import EXPORTED_FIX, check_threshold, require_exported
+from facetrain.errors import CheckpointError
 
 METADATA_NAME = "facetrain.json"
 METADATA_VERSION = 1
-# Eval may put a threshold a hair outside the scores it saw (max score + 1e-6), so allow a little slack.
-_THRESHOLD_SLACK = 1e-3
-
-
-def check_threshold(value: float | None, where: str, error: type[FacetrainError] = ConfigError) -> float | None:
-    """A cosine verification threshold: a finite number in [-1, 1] (or None); else one ``error`` line."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise error(f"{where}: {brief(value)} is not a finite number: give a cosine threshold such as 0.3")
-    if abs(value) > 1 + _THRESHOLD_SLACK:
-        raise error(
-            f"{where}: {value:g} is outside [-1, 1], where every cosine score lies: give a threshold such as 0.3 "
-            "(facetrain eval reports one)"
-        )
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -88,22 +71,14 @@ class ModelMetadata:
 
 def load_exported(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.jit.ScriptModule, ModelMetadata]:
     """A TorchScript model written by ``facetrain export`` and its metadata."""
-    fix = "give a file written by facetrain export"
-    file = require_file(path, CheckpointError, "model", fix, ("model.pt",))
+    file = require_exported(path)
     extra = {METADATA_NAME: ""}
     try:
         with warnings.catch_warnings():  # torch's torch.jit deprecation notice would only puzzle a CLI user
             warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
             model = torch.jit.load(str(file), map_location=device, _extra_files=extra)
-    except Exception:  # a damaged file or not TorchScript
-        kind = describe(file)
-        if kind == TORCH_ARCHIVE:
-            raise CheckpointError(
-                f"model '{file}' is {kind}, not an exported model: if it is a training checkpoint, export it "
-                f"first with facetrain export --checkpoint {file} --out model.pt"
-            ) from None
-        state = "damaged or truncated" if kind == TORCHSCRIPT else f"{kind}, not an exported model"
-        raise CheckpointError(f"model '{file}' is {state}: {fix}") from None
+    except Exception:  # a damaged file: require_exported let only TorchScript through
+        raise CheckpointError(f"model '{file}' is damaged or truncated: {EXPORTED_FIX}") from None
     if not extra[METADATA_NAME]:
         raise CheckpointError(f"'{file}' has no {METADATA_NAME}: it was not written by facetrain export")
     text = extra[METADATA_NAME]

@@ -20,14 +20,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from facetrain.data import IMAGE_EXTENSIONS, Aligner, Preprocess, find_images
+from facetrain.data import Aligner, Preprocess
 from facetrain.deploy.deployed import load_exported
+from facetrain.deploy.inputs import check_embed
 from facetrain.errors import ConfigError, DataError
-from facetrain.evaluation import load_model
-from facetrain.files import atomic_write, output_path, require_folder
+from facetrain.files import atomic_write
+from facetrain.models import load_model
 from facetrain.runtime import Precision, autocast, resolve_precision
-
-FORMATS = ("npz", "csv")
 
 
 @dataclass
@@ -92,26 +91,10 @@ def embed_folder(
     template of that size first (on CPU,
     in the loader's workers); photos without a face are skipped and listed likewise.
     """
-    if (checkpoint is None) == (model is None):
-        raise ConfigError("give exactly one of --checkpoint or --model")
-    if fmt not in FORMATS:
-        raise ConfigError(f"unknown output format '{fmt}': use {' or '.join(FORMATS)}")
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
-    root, out = Path(images), output_path(out, "--out")  # before the embedding work
-    suffix = Path(out).suffix.lower().lstrip(".")
-    if suffix != fmt:  # also keeps --out from overwriting an input image
-        hint = f"pass --format {suffix}" if suffix in FORMATS else f"name it {Path(out).stem}.{fmt}"
-        raise ConfigError(f"--out '{out}' is not a .{fmt} file name, and --format is {fmt}: {hint}")
-    require_folder(root, DataError, "--images", "give a folder of images or of identity folders")
-    paths, has_labels = find_images(root)
-    if not paths:
-        raise DataError(
-            f"no images in '{root}': expected {root}/<image> or {root}/<identity>/<image> "
-            f"with extensions {', '.join(sorted(IMAGE_EXTENSIONS))}"
-        )
+    root, out, paths, has_labels = check_embed(images, out, checkpoint, model, fmt)
 
-    # Cheap checks come first so a typo does not cost a model load.
     if checkpoint is not None:
         loaded = load_model(checkpoint, device)
         embedder: Callable[[torch.Tensor], torch.Tensor] = loaded.embedder

@@ -8,7 +8,6 @@ compared with the eager model before it is moved into place.
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import math
 import warnings
@@ -23,14 +22,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from facetrain.data import Aligner, Preprocess
-from facetrain.deploy.deployed import METADATA_NAME, ModelMetadata, check_threshold, load_exported
-from facetrain.errors import CheckpointError, ConfigError, DataError, ShapeError
-from facetrain.evaluation import load_model
-from facetrain.files import atomic_write, output_path, require_file
+from facetrain.deploy.deployed import METADATA_NAME, ModelMetadata, load_exported
+from facetrain.deploy.inputs import check_export, check_verify
+from facetrain.errors import CheckpointError, ConfigError, ShapeError
+from facetrain.files import atomic_write
+from facetrain.models import load_model
 
 log = logging.getLogger("facetrain")
 
-FORMATS = ("torchscript", "onnx")
 ONNX_OPSET = 18
 ONNX_EXTRA = "--format onnx needs the onnx extra ({} is not installed): pip install 'facetrain[onnx]'"
 # Two different sizes: a graph with the batch size baked in fails one of them.
@@ -89,11 +88,8 @@ def export_model(
         ConfigError: Unknown format, or the ONNX packages are missing.
         ShapeError: The exported model's outputs differ from the eager model's (nothing is written).
     """
-    if fmt not in FORMATS:
-        raise ConfigError(f"--format: unknown format '{fmt}': choose one of {', '.join(FORMATS)}")
-    check_threshold(threshold, "--threshold")
+    target = check_export(checkpoint, out, fmt, threshold)
     onnx = _import_onnx() if fmt == "onnx" else None  # fail before the slow part
-    target = output_path(out, "--out", inputs=(checkpoint,))
     loaded = load_model(checkpoint, torch.device("cpu"))
     model = NormalizedEmbedder(loaded.embedder).eval()
     metadata = ModelMetadata.from_config(loaded.config, threshold)
@@ -135,6 +131,7 @@ def verify_pair(
     the ArcFace template of that size.
     The threshold is ``threshold`` when given, else the one stored at export, else none.
     """
+    check_verify(model_path, image1, image2, threshold)
     with _quiet_jit():
         model, metadata = load_exported(model_path)
     if align is not None:
@@ -151,7 +148,6 @@ def verify_pair(
             f"model '{model_path}' gives NaN embeddings (its weights hold NaN or infinite values): "
             "export it again from a checkpoint whose training did not diverge"
         )
-    check_threshold(threshold, "--threshold")
     if threshold is not None:
         source = "argument"
     elif metadata.threshold is not None:
@@ -160,28 +156,6 @@ def verify_pair(
         source = "none"
     same = score >= threshold if threshold is not None else None  # eval's rule: same when score >= threshold
     return VerifyResult(score, threshold, same, source)
-
-
-def threshold_from_eval_json(path: str | Path, checkpoint: str | Path | None = None) -> float:
-    """The first set's threshold for plain embeddings from a ``facetrain eval --json`` file.
-
-    Eval's headline threshold is tuned on flip-fused embeddings (image + mirror). An exported model
-    embeds one image, whose scores are distributed differently, so the "plain" threshold is the one
-    that matches what ``verify_pair`` computes.
-    """
-    fix = "give the file written by facetrain eval --json"
-    file = require_file(path, DataError, "eval JSON", fix)
-    try:
-        payload = json.loads(file.read_text())
-        value = payload["sets"][0]["plain"]["threshold"]
-    except (OSError, ValueError, LookupError, TypeError) as exc:
-        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        raise DataError(f"'{file}' has no sets[0].plain.threshold ({reason}): {fix}") from None
-    check_threshold(value, f"'{file}': sets[0].plain.threshold", DataError)
-    evaluated = payload.get("checkpoint")
-    if checkpoint is not None and evaluated and Path(evaluated).resolve() != Path(checkpoint).resolve():
-        log.warning("the threshold in '%s' was chosen for checkpoint '%s', not '%s'", file, evaluated, checkpoint)
-    return float(value)
 
 
 def _parity_batches(preprocess: Preprocess, sample_images: list[Path] | None) -> list[torch.Tensor]:

@@ -85,3 +85,13 @@ def _size(count: int) -> str:
         if count >= scale:
             return f"{count / scale:.2f} {unit}"
     return f"{count} B"
+
+
+def ranks_problem(world_size: int, num_classes: int) -> str | None:
+    """The problem when more ranks than identities would share the classifier, else None."""
+    if world_size <= num_classes:
+        return None
+    return (
+        f"--world-size {world_size} is more ranks than the {num_classes} training identities: each rank "
+        "holds a slice of the classifier, so use at most as many processes as identities"
+    )

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from facetrain.config import Config
 from facetrain.data import Preprocess, num_classes_problem, sample_records, scan_identities, split_identities
-from facetrain.diagnostics.capacity import ClassifierPlan, plan_classifier
+from facetrain.diagnostics.capacity import ClassifierPlan, plan_classifier, ranks_problem
 from facetrain.errors import FacetrainError
 from facetrain.evaluation import read_pairs
 from facetrain.models import build_embedder, build_head, create_torchvision, load_pretrained
@@ -90,11 +90,8 @@ def run_check(
         report.facts.append(f"data not read: planning for {num_classes:,} identities (--num-classes)")
     if num_classes:
         report.plan = plan_classifier(config, num_classes, world_size)
-        if world_size > num_classes:
-            report.problems.append(
-                f"--world-size {world_size} is more ranks than the {num_classes} training identities: each rank "
-                "holds a slice of the classifier, so use at most as many processes as identities"
-            )
+        if problem := ranks_problem(world_size, num_classes):
+            report.problems.append(problem)
     try:
         report.stages = model_stages(config, num_classes or config.head.num_classes or 0)
     except FacetrainError as exc:

@@ -13,7 +13,6 @@ the dominant one, and flagged as likely noisy in the second case (the paper's ru
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,14 +20,13 @@ import torch
 import torch.nn.functional as F
 
 from facetrain.checkpoint import load_checkpoint, require_keys
-from facetrain.config import Config, config_from_dict, resolve_config
+from facetrain.config import config_from_dict
 from facetrain.data import FaceDataset, build_datasets, eval_loader
+from facetrain.diagnostics.reportable import require_subcenter_head
 from facetrain.errors import ConfigError, DataError, ShapeError
-from facetrain.evaluation import load_model, load_weights
 from facetrain.files import write_text
-from facetrain.models import build_head
+from facetrain.models import build_head, load_model, load_weights
 
-SUBCENTER_HEAD = "subcenter_arcface"
 DEFAULT_ANGLE = 75.0  # degrees; the Sub-center ArcFace paper's noise threshold
 TSV_COLUMNS = (
     "path", "identity", "nearest_subcenter", "dominant_subcenter",
@@ -149,34 +147,6 @@ class OutlierReport:
     @property
     def flagged(self) -> int:
         return sum(record.flagged for record in self.candidates)
-
-
-def require_subcenter_head(config: Config, where: str) -> None:
-    """Refuses a config whose head has no sub-centres to report on."""
-    if config.head.type != SUBCENTER_HEAD:
-        raise ConfigError(
-            f"{where}: head.type is '{config.head.type}', but the outlier report reads the sub-centres of "
-            f"head.type={SUBCENTER_HEAD}: train with --set head.type={SUBCENTER_HEAD} (head.k sub-centres, default 3)"
-        )
-
-
-def check_reportable(
-    config: Config | None, resume: str | Path | None, overrides: list[str], source: str = "config"
-) -> Config:
-    """Before training: the run's config, refused unless its head is ``subcenter_arcface``.
-
-    Without ``config``, it is the one saved in ``resume`` plus ``overrides``, as training resolves it.
-    ``source`` names the config in the message (its file).
-    """
-    if config is not None:
-        require_subcenter_head(config, source)
-        return config
-    if resume is None:
-        raise ConfigError("give a config, or a checkpoint to resume")
-    raw = copy.deepcopy(load_checkpoint(resume)["config"])
-    config = resolve_config(raw, overrides, source=f"config inside '{resume}'")
-    require_subcenter_head(config, f"checkpoint '{resume}'")
-    return config
 
 
 def find_outliers(

@@ -17,10 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from facetrain.checkpoint import load_checkpoint
-from facetrain.config import Config, PairsSetConfig, config_from_dict, config_to_dict, resolve_config
+from facetrain.config import Config, PairsSetConfig, config_to_dict, resolve_config
 from facetrain.data import BadImage, Preprocess, model_input, quiet_worker
-from facetrain.errors import CheckpointError, ConfigError, DataError
+from facetrain.errors import ConfigError, DataError
 from facetrain.evaluation.metrics import (
     balanced_folds,
     contiguous_folds,
@@ -29,67 +28,13 @@ from facetrain.evaluation.metrics import (
     roc_auc,
     tar_at_far,
 )
-from facetrain.evaluation.pairs import FORMATS as PAIR_FILE_FORMATS
 from facetrain.evaluation.pairs import PairList, read_pairs
-from facetrain.models import Embedder, build_embedder
+from facetrain.models import load_model
 from facetrain.runtime import Precision, autocast, resolve_precision
 
 # TAR is reported at these false-accept rates, keyed as the config's best_metric names them.
 FAR_TARGETS = {"1e-1": 1e-1, "1e-2": 1e-2, "1e-3": 1e-3, "1e-4": 1e-4}
 BIN_FOLDS = 10  # insightface scores its .bin files with 10 contiguous folds
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    embedder: Embedder
-    preprocess: Preprocess
-    config: Config
-
-
-def load_model(path: str | Path, device: torch.device, state: dict[str, Any] | None = None) -> LoadedModel:
-    """The embedder of a checkpoint, in eval mode, with the preprocessing it was trained with.
-
-    ``state`` is the checkpoint at ``path`` when the caller has read it already (it is read once).
-    """
-    state = load_checkpoint(path) if state is None else state
-    config = config_from_dict(state["config"], source=f"config inside '{path}'")
-    # The weights come from the checkpoint; never re-read the original pretrained file.
-    model_config = dataclasses.replace(config.model, pretrained=None)
-    embedder = build_embedder(model_config, config.data.image_size)
-    load_weights(embedder, state, "embedder", path)
-    return LoadedModel(embedder.to(device).eval(), Preprocess.from_config(config.data), config)
-
-
-def load_weights(module: torch.nn.Module, state: dict[str, Any], part: str, path: str | Path) -> None:
-    """Loads ``state[part]`` into ``module``; weights that do not fit name the first mismatch in one line."""
-    try:
-        module.load_state_dict(state[part])
-    except (RuntimeError, TypeError, AttributeError):
-        reason = first_mismatch(module.state_dict(), state[part])
-        raise CheckpointError(
-            f"checkpoint '{path}': its {part} weights do not fit its own config ({reason}): "
-            "the file was altered or not written by facetrain train"
-        ) from None
-    broken = next((k for k, v in module.state_dict().items() if v.is_floating_point() and not v.isfinite().all()), None)
-    if broken is not None:  # every embedding would be NaN, and every score, threshold and export with it
-        raise CheckpointError(
-            f"checkpoint '{path}': its {part} weight {broken} holds NaN or infinite values (the run diverged): "
-            "use an earlier checkpoint, or retrain with a lower train.lr"
-        )
-
-
-def first_mismatch(expected: dict[str, Any], given: Any) -> str:
-    """The first key that is missing, extra or of another shape, for a one-line message."""
-    if not isinstance(given, dict):
-        return f"a {type(given).__name__} instead of a state dict"
-    for key, tensor in expected.items():
-        if key not in given:
-            return f"missing {key}"
-        shape = getattr(given[key], "shape", None)
-        if shape is None or tuple(shape) != tuple(tensor.shape):
-            return f"{key}: {tuple(shape) if shape is not None else type(given[key]).__name__} vs {tuple(tensor.shape)}"
-    extra = [key for key in given if key not in expected]
-    return f"unexpected {extra[0]}" if extra else "unknown difference"
 
 
 class PairImages(Dataset):
@@ -304,14 +249,9 @@ def evaluate_set(
     return report_pairs(pairs, plain, fused, folds, name)
 
 
-PAIRS_FORMATS = ("auto", *PAIR_FILE_FORMATS)
-
-
 def run_eval(
     checkpoint: str | Path,
-    pairs: list[Path],
-    images: Path | None = None,
-    pairs_format: str = "auto",
+    pairs: list[PairList],
     config: Config | None = None,
     *,
     device: torch.device,
@@ -320,27 +260,25 @@ def run_eval(
     flip: bool | None = None,
     batch_size: int | None = None,
 ) -> list[PairsReport]:
-    """``facetrain eval``: the checkpoint's embedder on ``--pairs`` files, or on a config's eval.sets.
+    """``facetrain eval``: the checkpoint's embedder on ``pairs`` (read by ``read_pairs_files``), or on a
+    config's eval.sets when there are none.
 
     Options left as None come from ``config`` (when given) or from the config saved in the checkpoint,
     to which ``overrides`` (``key=value``) then apply.
     """
-    if pairs_format not in PAIRS_FORMATS:
-        raise ConfigError(f"--format: '{pairs_format}' is not a pairs format: use one of {', '.join(PAIRS_FORMATS)}")
     model = load_model(checkpoint, device)
     if config is None and overrides:
         config = resolve_config(config_to_dict(model.config), overrides, source=f"config inside '{checkpoint}'")
     settings = (config or model.config).eval
     if pairs:
-        root = str(images) if images is not None else None
-        sets = [PairsSetConfig(pairs=str(path), images=root, format=pairs_format) for path in pairs]
+        pair_lists, names = pairs, [pair_list.name for pair_list in pairs]
     elif settings.sets:
-        sets = list(settings.sets)
+        pair_lists = [load_pairs_set(spec) for spec in settings.sets]  # every file is checked before any embedding
+        names = [spec.name or pair_list.name for spec, pair_list in zip(settings.sets, pair_lists, strict=True)]
     else:
         raise ConfigError(
             "nothing to evaluate: pass --pairs FILE (and --images ROOT), or a --config whose eval.sets lists pairs"
         )
-    pair_lists = [load_pairs_set(spec) for spec in sets]  # every file is checked before any embedding
     precision = resolve_precision("auto", device)
     options = {
         "folds": folds or settings.folds,
@@ -348,10 +286,9 @@ def run_eval(
         "batch_size": batch_size or settings.batch_size,
         "num_workers": model.config.data.num_workers,
     }
-    names = unique_names([spec.name or pair_list.name for spec, pair_list in zip(sets, pair_lists, strict=True)])
     return [
         evaluate_set(model.embedder, model.preprocess, pair_list, device, precision, name=name, **options)
-        for name, pair_list in zip(names, pair_lists, strict=True)
+        for name, pair_list in zip(unique_names(names), pair_lists, strict=True)
     ]
 
 

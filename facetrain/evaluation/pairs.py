@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from facetrain.data import IMAGE_EXTENSIONS
-from facetrain.errors import DataError
+from facetrain.errors import ConfigError, DataError
 from facetrain.files import require_file, require_folder
 
 FORMATS = ("lfw", "list", "bin")
@@ -58,6 +58,19 @@ def detect_format(path: Path) -> str:
     return "list"
 
 
+def read_pairs_files(paths: list[Path], images_root: Path | None = None, format: str = "auto") -> list[PairList]:
+    """``facetrain eval --pairs``: every file read and checked, before a checkpoint is loaded."""
+    if format not in ("auto", *FORMATS):
+        raise ConfigError(f"--format: '{format}' is not a pairs format: use one of auto, {', '.join(FORMATS)}")
+    return [read_pairs(path, images_root, format) for path in paths]
+
+
+def require_pairs_file(path: str | Path) -> Path:
+    """``path`` if it is a file (what ``read_pairs`` checks first, without reading it); else one DataError."""
+    fix = "give an LFW pairs.txt, a `path1 path2 label` list or a .bin"
+    return require_file(path, DataError, "pairs file", fix, ("pairs.txt",))
+
+
 def read_pairs(path: str | Path, images_root: str | Path | None = None, format: str = "auto") -> PairList:
     """Reads a pairs list (``format``: auto, lfw, list or bin) and checks that every image it names exists.
 
@@ -72,9 +85,7 @@ def read_pairs(path: str | Path, images_root: str | Path | None = None, format: 
     Raises:
         DataError: the file is malformed or unsafe, or images are missing.
     """
-    path = require_file(
-        path, DataError, "pairs file", "give an LFW pairs.txt, a `path1 path2 label` list or a .bin", ("pairs.txt",)
-    )
+    path = require_pairs_file(path)
     if format not in ("auto", *FORMATS):
         raise DataError(f"unknown pairs format '{format}': use auto, {', '.join(FORMATS)}")
     kind = detect_format(path) if format == "auto" else format

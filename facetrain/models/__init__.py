@@ -1,21 +1,15 @@
-"""Models: torchvision backbones, the embedder (backbone + neck), the margin heads and their sharded form."""
+"""Models: torchvision backbones, the embedder (backbone + neck), the margin heads, and checkpoint loading."""
 
-from facetrain.models.backbones import create_torchvision, load_pretrained
-from facetrain.models.embedder import Embedder, build_embedder
-from facetrain.models.head_math import angle, rival_cosines
-from facetrain.models.heads import MarginHead, adacos_scale, build_head
-from facetrain.models.sharded import ROW_KEYS, ShardedHead
+from facetrain.lazy import lazy_exports
 
-__all__ = [
-    "ROW_KEYS",
-    "Embedder",
-    "MarginHead",
-    "ShardedHead",
-    "adacos_scale",
-    "angle",
-    "build_embedder",
-    "build_head",
-    "create_torchvision",
-    "load_pretrained",
-    "rival_cosines",
-]
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "backbones": ("create_torchvision", "load_pretrained"),
+        "embedder": ("build_embedder",),
+        "head_math": ("angle", "rival_cosines"),
+        "heads": ("MarginHead", "adacos_scale", "build_head"),
+        "loading": ("load_model", "load_weights"),
+        "sharded": ("ROW_KEYS", "ShardedHead"),
+    },
+)

@@ -12,7 +12,7 @@ from facetrain.data import find_images
 from facetrain.deploy.deployed import METADATA_NAME, ModelMetadata
 from facetrain.deploy.embed import embed_folder
 from facetrain.errors import ConfigError, DataError
-from facetrain.evaluation.evaluate import load_model
+from facetrain.models import load_model
 from facetrain.training.trainer import Trainer
 
 CPU = torch.device("cpu")

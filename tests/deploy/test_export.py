@@ -20,10 +20,12 @@ from facetrain.checkpoint import save_checkpoint
 from facetrain.config import config_to_dict
 from facetrain.data.preprocess import Preprocess
 from facetrain.deploy.deployed import METADATA_NAME, load_exported
-from facetrain.deploy.export import ExportResult, export_model, threshold_from_eval_json, verify_pair
+from facetrain.deploy.export import ExportResult, export_model, verify_pair
+from facetrain.deploy.inputs import threshold_from_eval_json
 from facetrain.errors import ConfigError, DataError, ShapeError
-from facetrain.models import Embedder, build_embedder, build_head
+from facetrain.models import build_embedder, build_head
 from facetrain.models.backbones import backbone_names
+from facetrain.models.embedder import Embedder
 
 # The tests load exported files with torch.jit.load themselves; its deprecation notice is noise here.
 pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:FutureWarning")

@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 from facetrain.cli import app
 from facetrain.config import ModelConfig
 from facetrain.data.preprocess import Preprocess
-from facetrain.evaluation.evaluate import embed_pairs_images, load_model, report_pairs
+from facetrain.evaluation.evaluate import embed_pairs_images, report_pairs
 from facetrain.evaluation.pairs import PairList, read_pairs
-from facetrain.models import build_embedder
+from facetrain.models import build_embedder, load_model
 from facetrain.runtime import Precision
 from facetrain.training.trainer import Trainer
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from facetrain.data.folders import scan_identities
+from facetrain.data.identities import scan_identities
 from facetrain.errors import DataError
 from facetrain.evaluation.pairgen import lfw_addressable, make_pairs, write_lfw_pairs
 from facetrain.evaluation.pairs import detect_format, read_pairs

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from facetrain.config import HEAD_OPTIONS, HEAD_TYPES, HeadConfig
+from facetrain.models.head_math import angle
 from facetrain.models.heads import (
     HEADS,
     AdaFace,
@@ -20,7 +21,6 @@ from facetrain.models.heads import (
     CurricularFace,
     Softmax,
     SubcenterArcFace,
-    angle,
     build_head,
     safe_sine,
 )

@@ -19,7 +19,7 @@ def test_every_head_trains_on_the_demo_data(kind, tmp_path):
         "head.type=" + kind,
         f"run_dir={tmp_path}",
         "train.epochs=1",
-        "data.image_size=48",
+        "data.image_size=32",
         "data.num_workers=0",
     ]
     args = ["train", "--config", DEMO, "--no-progress", "--device", "cpu", *unset]

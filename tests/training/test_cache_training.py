@@ -120,6 +120,7 @@ def _two_rank_worker(faces, run_dir, cache) -> None:
         trainer.release()
 
 
+@pytest.mark.alone  # two gloo ranks
 def test_two_ranks_train_the_same_with_one_shared_cache(faces, tmp_path):
     for cache in ("none", "ram"):
         run_ranks(2, _two_rank_worker, faces, tmp_path / cache, cache)
@@ -141,6 +142,7 @@ def _failing_rank_worker(faces, run_dir, out) -> None:
             (out / f"rank{distributed.rank()}.txt").write_text(f"{type(exc).__name__}: {exc}")
 
 
+@pytest.mark.alone  # two gloo ranks
 def test_a_rank_that_cannot_reserve_shared_memory_stops_every_rank_once(faces, tmp_path):
     if not cache_module.SHARED_DIR.is_dir():
         pytest.skip("no /dev/shm here")

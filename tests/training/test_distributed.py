@@ -216,6 +216,7 @@ def faces(tmp_path):
     return make_faces(tmp_path / "faces", identities=4, per_identity=8, size=(16, 16))
 
 
+@pytest.mark.alone  # several gloo processes
 def test_two_ranks_match_one_process_with_the_combined_batch(faces, tmp_path):
     """2 ranks x batch 4 (sharded head) == 1 process x batch 8 (whole head): loss each step, weights after."""
     run_ranks(2, _equivalence_worker, faces, tmp_path / "two")
@@ -247,6 +248,7 @@ def test_two_ranks_match_one_process_with_the_combined_batch(faces, tmp_path):
         assert all(torch.allclose(got[key], expected[key], atol=1e-5) for key in expected)
 
 
+@pytest.mark.alone  # several gloo processes
 def test_resume_is_exact_on_the_same_world_size_and_reshards_to_1_and_3_ranks(faces, tmp_path):
     run_ranks(2, _resume_worker, faces, tmp_path)
     straight, resumed = full_weights(tmp_path / "straight" / "last.pt"), full_weights(tmp_path / "stopped" / "last.pt")
@@ -293,6 +295,7 @@ def test_sampling_keeps_positives_on_one_process():
     assert 0 <= int(correct) <= 6
 
 
+@pytest.mark.alone  # several gloo processes
 def test_ddp_in_a_reference_cycle_is_collected_before_the_group_ends(tmp_path):
     """Collected at the interpreter's exit instead, after the group, it aborts a gloo rank now and then."""
     run_ranks(1, _cycle_worker, tmp_path / "seen")

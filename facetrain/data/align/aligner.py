@@ -15,12 +15,10 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from facetrain.data.align.detect import DETECT_SIDE, Face, FaceDetector
-from facetrain.data.align.geometry import template, umeyama, warp
-from facetrain.data.preprocess import load_image
-from facetrain.errors import ConfigError, DataError
-
-FALLBACKS = ("none", "center")
-MIN_FACE = 12  # P-Net's window: no smaller face can be found
+from facetrain.data.align.geometry import umeyama, warp
+from facetrain.data.align.options import check_options, template
+from facetrain.data.images import load_image
+from facetrain.errors import DataError
 
 
 @dataclass
@@ -32,15 +30,6 @@ class Aligned:
     status: str = "aligned"  # aligned | multiple_faces | no_face | center_crop | unreadable
     detail: str = ""
     points: np.ndarray | None = None  # the chosen face's 5 landmarks, in the photo's pixels
-
-
-def check_options(min_face: int, fallback: str) -> None:
-    if min_face < MIN_FACE:
-        raise ConfigError(
-            f"--min-face {min_face} is below {MIN_FACE} px, the smallest face MTCNN can find: give 12 or more"
-        )
-    if fallback not in FALLBACKS:
-        raise ConfigError(f"--fallback '{fallback}' is not one of {', '.join(FALLBACKS)}")
 
 
 def choose_face(faces: list[Face], width: int, height: int) -> int:

@@ -24,10 +24,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from facetrain.data.align.aligner import Aligned, Aligner
+from facetrain.data.align.options import AlignOptions, check_folders, check_options
 from facetrain.data.align.report import REPORT, Row, journal, read_rows, write_report
-from facetrain.data.preprocess import find_images
-from facetrain.errors import ConfigError, DataError, OutputError
-from facetrain.files import atomic_write, require_folder, write_text
+from facetrain.errors import ConfigError, OutputError
+from facetrain.files import atomic_write, write_text
 
 SETTINGS = "align.json"
 _CHUNK = 8  # photos per batch through the detector
@@ -35,14 +35,6 @@ _CHUNK = 8  # photos per batch through the detector
 # photos of 250x250 at 91/s against 84/s in one process, and 600 photos more slowly (bench_align.py).
 PHOTOS_PER_WORKER = 1000
 _QUALITY = 95
-
-
-@dataclass(frozen=True)
-class AlignOptions:
-    size: tuple[int, int] = (112, 112)  # width, height
-    all_faces: bool = False
-    min_face: int = 20
-    fallback: str = "none"
 
 
 @dataclass
@@ -75,13 +67,10 @@ def align_folder(
     ``workers``: processes that align on CPU; None picks one per core when there are at least
     ``PHOTOS_PER_WORKER`` photos per process to amortise its start-up, else none (torch's threads).
     """
-    # Refuses bad options, and loads the weights here: a worker that failed to would be restarted forever.
+    check_options(options.min_face, options.fallback)
+    root, paths, out = check_folders(source, out)
+    # Loads the weights here: a worker that failed to would be restarted forever.
     aligner = Aligner(device, options.size, options.min_face, options.all_faces, options.fallback)
-    root = require_folder(source, DataError, "--input", "give a folder of photos, flat or one sub-folder per person")
-    paths, _ = find_images(root)
-    if not paths:
-        raise DataError(f"--input '{root}' has no images: expected {root}/<person>/<photo> or {root}/<photo>")
-    out = _check_out(root, Path(out))
     _claim(out, options)
     result = AlignResult(out=out, report=out / REPORT, images=len(paths))
     earlier = read_rows(out)  # an earlier run's report, and the journal of one that was killed
@@ -117,22 +106,6 @@ def align_folder(
     result.counts = Counter(row[1] for row in rows)
     result.crops = sum(row[3] for row in rows)
     return result
-
-
-def _check_out(root: Path, out: Path) -> Path:
-    inside = out.resolve() == root.resolve() or root.resolve() in out.resolve().parents
-    if inside:
-        raise ConfigError(
-            f"--out '{out}' is inside --input '{root}': the crops would be read back as photos; give a folder "
-            "beside it, such as data/aligned"
-        )
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"--out '{out}' is a file: give a folder for the crops")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create --out '{out}' ({exc.strerror}): check the path and its permissions") from None
-    return out
 
 
 def _claim(out: Path, options: AlignOptions) -> None:

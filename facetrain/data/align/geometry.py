@@ -6,54 +6,9 @@ convention of insightface's template and of OpenCV's warpAffine.
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from facetrain.errors import ConfigError, brief
-
-# The five points of insightface's 112x112 ArcFace crop (``arcface_dst`` in insightface's
-# python-package/insightface/utils/face_align.py): left eye, right eye, nose tip, left and right mouth
-# corner, "left" meaning the image's left. Every insightface .rec and .bin was cropped onto these.
-ARCFACE_112 = np.array(
-    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]]
-)
-SIZE_FIX = "give 112 (the ArcFace crop), a multiple of 112 or 128 such as 224 or 128, or 96x112"
-
-
-def parse_size(text: str | int, option: str = "--size") -> tuple[int, int]:
-    """``"112"`` -> (112, 112); ``"96x112"`` -> (96, 112): (width, height) of the crop."""
-    match = re.fullmatch(r"\s*(\d{1,4})(?:\s*[xX]\s*(\d{1,4}))?\s*", str(text))
-    if not match:
-        raise ConfigError(f"{option} {brief(text)} is not a size: {SIZE_FIX}")
-    width = int(match.group(1))
-    height = int(match.group(2)) if match.group(2) else width
-    template(width, height, option)  # refuses the sizes with no template
-    return width, height
-
-
-def template(width: int = 112, height: int = 112, option: str = "--size") -> np.ndarray:
-    """The five target points for a ``width`` x ``height`` crop.
-
-    Sizes that are multiples of 112 scale the 112 template; multiples of 128 scale it by size/128 and
-    shift it 8 px (scaled) to the right, keeping a margin (the rule of insightface's ``estimate_norm``).
-    96x112 is the 112 template shifted 8 px left: the SphereFace / CosFace crop, whose points
-    insightface's older ``face_preprocess.py`` shifted 8 px right to make the 112 one.
-    """
-    points = ARCFACE_112.copy()
-    if (width, height) == (96, 112):
-        points[:, 0] -= 8.0
-        return points
-    if width == height and width > 0 and width % 112 == 0:
-        return points * (width / 112)
-    if width == height and width > 0 and width % 128 == 0:
-        ratio = width / 128
-        points *= ratio
-        points[:, 0] += 8.0 * ratio
-        return points
-    raise ConfigError(f"{option} {width}x{height} has no ArcFace template: {SIZE_FIX}")
 
 
 def umeyama(src: np.ndarray, dst: np.ndarray) -> np.ndarray:

@@ -1,0 +1,121 @@
+"""What the deploy commands are given, checked without torch: the export's format, threshold and
+target, an exported model's file, an eval JSON's threshold, and embed's folder and output.
+
+A wrong path or option is answered before a model is loaded; the library functions make the same
+checks, so callers that skip these get the same messages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+from facetrain.checkpoint import require_checkpoint
+from facetrain.data import IMAGE_EXTENSIONS, find_images
+from facetrain.errors import CheckpointError, ConfigError, DataError, FacetrainError, brief
+from facetrain.files import TORCH_ARCHIVE, TORCHSCRIPT, describe, output_path, require_file, require_folder
+
+log = logging.getLogger("facetrain")
+
+FORMATS = ("torchscript", "onnx")
+EMBED_FORMATS = ("npz", "csv")
+EXPORTED_FIX = "give a file written by facetrain export"
+# Eval may put a threshold a hair outside the scores it saw (max score + 1e-6), so allow a little slack.
+_THRESHOLD_SLACK = 1e-3
+
+
+def check_threshold(value: float | None, where: str, error: type[FacetrainError] = ConfigError) -> float | None:
+    """A cosine verification threshold: a finite number in [-1, 1] (or None); else one ``error`` line."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise error(f"{where}: {brief(value)} is not a finite number: give a cosine threshold such as 0.3")
+    if abs(value) > 1 + _THRESHOLD_SLACK:
+        raise error(
+            f"{where}: {value:g} is outside [-1, 1], where every cosine score lies: give a threshold such as 0.3 "
+            "(facetrain eval reports one)"
+        )
+    return float(value)
+
+
+def check_export(checkpoint: str | Path, out: str | Path, fmt: str, threshold: float | None) -> Path:
+    """The target of ``facetrain export``, once its format, threshold and checkpoint file are known good."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format: unknown format '{fmt}': choose one of {', '.join(FORMATS)}")
+    check_threshold(threshold, "--threshold")
+    require_checkpoint(checkpoint)
+    return output_path(out, "--out", inputs=(checkpoint,))
+
+
+def check_verify(model: str | Path, image1: str | Path, image2: str | Path, threshold: float | None) -> None:
+    """``facetrain verify``'s model is an exported one, both images are files, the threshold a cosine."""
+    require_exported(model)
+    for image in (image1, image2):
+        require_file(image, DataError, "image", "check the path")
+    check_threshold(threshold, "--threshold")
+
+
+def require_exported(path: str | Path) -> Path:
+    """``path`` if it is a TorchScript file; a training checkpoint or any other file is one CheckpointError."""
+    file = require_file(path, CheckpointError, "model", EXPORTED_FIX, ("model.pt",))
+    kind = describe(file)
+    if kind == TORCH_ARCHIVE:
+        raise CheckpointError(
+            f"model '{file}' is {kind}, not an exported model: if it is a training checkpoint, export it "
+            f"first with facetrain export --checkpoint {file} --out model.pt"
+        )
+    if kind != TORCHSCRIPT:
+        raise CheckpointError(f"model '{file}' is {kind}, not an exported model: {EXPORTED_FIX}")
+    return file
+
+
+def threshold_from_eval_json(path: str | Path, checkpoint: str | Path | None = None) -> float:
+    """The first set's threshold for plain embeddings from a ``facetrain eval --json`` file.
+
+    Eval's headline threshold is tuned on flip-fused embeddings (image + mirror). An exported model
+    embeds one image, whose scores are distributed differently, so the "plain" threshold is the one
+    that matches what ``verify_pair`` computes.
+    """
+    fix = "give the file written by facetrain eval --json"
+    file = require_file(path, DataError, "eval JSON", fix)
+    try:
+        payload = json.loads(file.read_text())
+        value = payload["sets"][0]["plain"]["threshold"]
+    except (OSError, ValueError, LookupError, TypeError) as exc:
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise DataError(f"'{file}' has no sets[0].plain.threshold ({reason}): {fix}") from None
+    check_threshold(value, f"'{file}': sets[0].plain.threshold", DataError)
+    evaluated = payload.get("checkpoint")
+    if checkpoint is not None and evaluated and Path(evaluated).resolve() != Path(checkpoint).resolve():
+        log.warning("the threshold in '%s' was chosen for checkpoint '%s', not '%s'", file, evaluated, checkpoint)
+    return float(value)
+
+
+def check_embed(
+    images: str | Path, out: str | Path, checkpoint: str | Path | None, model: str | Path | None, fmt: str
+) -> tuple[Path, Path, list[Path], bool]:
+    """(image folder, output file, the images, whether they lie in identity folders) for ``facetrain embed``,
+    once the output name, the folder and the model file are known good."""
+    if (checkpoint is None) == (model is None):
+        raise ConfigError("give exactly one of --checkpoint or --model")
+    if fmt not in EMBED_FORMATS:
+        raise ConfigError(f"unknown output format '{fmt}': use {' or '.join(EMBED_FORMATS)}")
+    root, out = Path(images), output_path(out, "--out")  # before the embedding work
+    suffix = Path(out).suffix.lower().lstrip(".")
+    if suffix != fmt:  # also keeps --out from overwriting an input image
+        hint = f"pass --format {suffix}" if suffix in EMBED_FORMATS else f"name it {Path(out).stem}.{fmt}"
+        raise ConfigError(f"--out '{out}' is not a .{fmt} file name, and --format is {fmt}: {hint}")
+    require_folder(root, DataError, "--images", "give a folder of images or of identity folders")
+    paths, has_labels = find_images(root)
+    if not paths:
+        raise DataError(
+            f"no images in '{root}': expected {root}/<image> or {root}/<identity>/<image> "
+            f"with extensions {', '.join(sorted(IMAGE_EXTENSIONS))}"
+        )
+    if checkpoint is not None:
+        require_checkpoint(checkpoint)
+    else:
+        require_exported(model)
+    return root, out, paths, has_labels
