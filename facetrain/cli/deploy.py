@@ -130,14 +130,14 @@ def embed_command(
 
     crop = _align(align, align_size)
     check_device(device, "--device")
-    check_embed(images, out, checkpoint, model, out_format)  # before the model is loaded, and torch imported
+    checked = check_embed(images, out, checkpoint, model, out_format)  # before the model, and torch
     from facetrain.deploy import embed_folder
     from facetrain.runtime import resolve_device
 
     result = embed_folder(
         images, out, checkpoint=checkpoint, model=model, fmt=out_format, batch_size=batch_size,
         device=resolve_device(device, "--device"), num_workers=workers,
-        progress=sys.stderr.isatty() if progress is None else progress, align=crop,
+        progress=sys.stderr.isatty() if progress is None else progress, align=crop, checked=checked,
     )  # fmt: skip
     for path, reason in result.skipped:
         typer.echo(f"skipped: {path}: {reason}", err=True)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from facetrain.data import Aligner, Preprocess
 from facetrain.deploy.deployed import load_exported
-from facetrain.deploy.inputs import check_embed
+from facetrain.deploy.inputs import EmbedInputs, check_embed
 from facetrain.errors import ConfigError, DataError
 from facetrain.files import atomic_write
 from facetrain.models import load_model
@@ -81,6 +81,7 @@ def embed_folder(
     num_workers: int = 0,
     progress: bool = False,
     align: tuple[int, int] | None = None,
+    checked: EmbedInputs | None = None,
 ) -> EmbedResult:
     """Embeds every image under ``images`` and writes them to ``out`` as ``.npz`` or ``.csv``.
 
@@ -93,7 +94,8 @@ def embed_folder(
     """
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
-    root, out, paths, has_labels = check_embed(images, out, checkpoint, model, fmt)
+    # ``checked``: what check_embed returned for these arguments already (the folder is walked once).
+    root, out, paths, has_labels = checked or check_embed(images, out, checkpoint, model, fmt)
 
     if checkpoint is not None:
         loaded = load_model(checkpoint, device)

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 from facetrain.checkpoint import require_checkpoint
 from facetrain.data import IMAGE_EXTENSIONS, find_images
@@ -93,11 +94,19 @@ def threshold_from_eval_json(path: str | Path, checkpoint: str | Path | None = N
     return float(value)
 
 
+class EmbedInputs(NamedTuple):
+    """What ``facetrain embed`` works on, once checked."""
+
+    root: Path  # the image folder
+    out: Path  # the file to write
+    paths: list[Path]  # the images under root, sorted
+    has_labels: bool  # whether they lie in identity folders
+
+
 def check_embed(
     images: str | Path, out: str | Path, checkpoint: str | Path | None, model: str | Path | None, fmt: str
-) -> tuple[Path, Path, list[Path], bool]:
-    """(image folder, output file, the images, whether they lie in identity folders) for ``facetrain embed``,
-    once the output name, the folder and the model file are known good."""
+) -> EmbedInputs:
+    """The inputs of ``facetrain embed``, once the output name, the folder and the model file are known good."""
     if (checkpoint is None) == (model is None):
         raise ConfigError("give exactly one of --checkpoint or --model")
     if fmt not in EMBED_FORMATS:
@@ -118,4 +127,4 @@ def check_embed(
         require_checkpoint(checkpoint)
     else:
         require_exported(model)
-    return root, out, paths, has_labels
+    return EmbedInputs(root, out, paths, has_labels)
