@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from facetrain.config import DataConfig
-from facetrain.data.sources import IMAGE_EXTENSIONS, is_record_file, require_source
+from facetrain.data.sources import IMAGE_EXTENSIONS, require_source
 from facetrain.errors import DataError
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ def scan_identities(root: str | Path, key: str = "data.root") -> list[Identity]:
     Links that lead nowhere or back into a folder above them are skipped with one warning.
     """
     source = require_source(root, key)
-    if is_record_file(source):
+    if source.is_file():  # require_source let through a folder, or a .rec with its .idx
         from facetrain.data.layouts import scan_records  # reads records in every process: torch.distributed
 
         return scan_records(source, key)  # type: ignore[return-value]

@@ -1,4 +1,4 @@
-"""Image decoding and the deterministic preprocessing every consumer of a checkpoint shares.
+"""The deterministic preprocessing every consumer of a checkpoint shares (decoding is ``images``).
 
 Training adds only a random horizontal flip on top of what is here; ``Preprocess.from_config`` on a
 checkpoint's saved config reproduces the exact input the model was trained on.
