@@ -19,7 +19,7 @@ from facetrain.config.head import (
     head_options,
     margin_warmup,
 )
-from facetrain.config.model import BACKBONE_NAMES, ModelConfig
+from facetrain.config.model import BACKBONE_NAMES, FACE_BACKBONES, ModelConfig, model_problems
 from facetrain.config.root import (
     Config,
     all_keys,
@@ -36,6 +36,7 @@ from facetrain.config.train import TrainConfig, check_device
 __all__ = [
     "BACKBONE_NAMES",
     "BEST_METRICS",
+    "FACE_BACKBONES",
     "HEAD_OPTIONS",
     "HEAD_OPTION_NAMES",
     "HEAD_SETTINGS",
@@ -58,5 +59,6 @@ __all__ = [
     "head_options",
     "load_config",
     "margin_warmup",
+    "model_problems",
     "resolve_config",
 ]

@@ -8,23 +8,56 @@ from typing import Literal
 from facetrain.schema import option
 
 # The backbone registry (facetrain.models.backbones) must offer exactly these; a test checks it.
-BACKBONE_NAMES = (
+TORCHVISION_BACKBONES = (
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
     "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
 )  # fmt: skip
+# The face networks, each with its paper's output layer as the neck (not pool + projection).
+FACE_BACKBONES = ("iresnet18", "iresnet34", "iresnet50", "iresnet100", "iresnet200", "mobilefacenet")
+BACKBONE_NAMES = TORCHVISION_BACKBONES + FACE_BACKBONES
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     backbone: Literal[BACKBONE_NAMES] = option(
-        "resnet50", "torchvision backbone: resnet18/34/50/101/152, vgg11/13/16/19 (with or without _bn)."
+        "resnet50",
+        "Face networks: iresnet18/34/50/100/200 (insightface's r18 ... r200), mobilefacenet (insightface's mbf), "
+        "each with its paper's output layer. torchvision ImageNet networks: resnet18/34/50/101/152, "
+        "vgg11/13/16/19 (with or without _bn), followed by pool + projection.",
     )
     pretrained: str | None = option(
-        None, "Local torchvision weights file (.pth) for the backbone; null trains from scratch."
+        None,
+        "Local torchvision ImageNet weights file (.pth) for a torchvision backbone; null trains from scratch. "
+        "To start from a face model, use model.init_from.",
     )
     embedding_dim: int = option(512, "Size of the face embedding.", ge=2, le=8192)
-    pool_size: int = option(1, "Output side of the neck's adaptive average pool (1 = global pool).", ge=1, le=64)
+    pool_size: int = option(
+        1,
+        "torchvision backbones: output side of the neck's adaptive average pool (1 = global pool). Face backbones "
+        "flatten a 7x7 map and take only 1 here.",
+        ge=1,
+        le=64,
+    )
     dropout: float = option(0.0, "Dropout before the projection.", ge=0.0, lt=1.0)
     sync_bn: bool = option(
         False, "Multi-process runs: BatchNorm statistics over the global batch (SyncBatchNorm), not each rank's."
     )
+
+
+def model_problems(model: ModelConfig) -> list[str]:
+    """The neck options that only a torchvision backbone takes, refused for a face backbone."""
+    if model.backbone not in FACE_BACKBONES:
+        return []
+    problems = []
+    if model.pool_size != 1:
+        problems.append(
+            f"model.pool_size={model.pool_size} applies to torchvision backbones; {model.backbone}'s output layer "
+            "flattens the whole 7x7 map as its paper does: remove model.pool_size"
+        )
+    if model.pretrained:
+        problems.append(
+            f"model.pretrained takes torchvision ImageNet weights, not {model.backbone} weights: to start from a "
+            "face model, set model.init_from to a facetrain checkpoint (facetrain import --insightface makes one "
+            "from insightface's backbone.pth)"
+        )
+    return problems

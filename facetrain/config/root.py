@@ -15,7 +15,7 @@ from facetrain.config.data import DataConfig
 from facetrain.config.evaluation import EvalConfig
 from facetrain.config.head import HeadConfig, head_options, head_problems, margin_warmup
 from facetrain.config.limits import MAX_BATCH_INPUT_GB, MAX_PROBLEMS, MAX_SEED
-from facetrain.config.model import ModelConfig
+from facetrain.config.model import ModelConfig, model_problems
 from facetrain.config.train import TrainConfig, check_device
 from facetrain.errors import ConfigError
 from facetrain.safe_yaml import parse_yaml, read_yaml
@@ -121,6 +121,7 @@ def _cross_checks(config: Config) -> list[str]:
         if not pairs_set.pairs:
             problems.append(f"eval.sets[{index}].pairs: required: the path of a pairs file")
     problems.extend(head_problems(config.head))
+    problems.extend(model_problems(config.model))
     for key, batch in (("train.batch_size", train.batch_size), ("eval.batch_size", config.eval.batch_size)):
         gigabytes = batch * 3 * data.image_size**2 * 4 / 2**30
         if gigabytes > MAX_BATCH_INPUT_GB:

@@ -45,10 +45,8 @@ def model_stages(config: Config, num_classes: int) -> list[Stage]:
         head = build_head(config.head, config.model.embedding_dim, num_classes)
         images = torch.empty(2, 3, size, size)
         features = embedder.backbone(images)
-        pool, flatten, _, projection, norm = embedder.neck
-        pooled = pool(features)
-        flat = flatten(pooled)
-        embedded = projection(flat)
+        neck = [(name, tuple(out.shape[1:]), sum(p.numel() for m in parts for p in m.parameters()))
+                for name, out, parts in embedder.neck.stages(features)]  # fmt: skip
 
     def count(*modules: torch.nn.Module) -> int:
         return sum(p.numel() for module in modules for p in module.parameters())
@@ -56,9 +54,7 @@ def model_stages(config: Config, num_classes: int) -> list[Stage]:
     return [
         Stage("input", (3, size, size), 0),
         Stage("backbone", tuple(features.shape[1:]), count(embedder.backbone)),
-        Stage("pool", tuple(pooled.shape[1:]), 0),
-        Stage("flatten", tuple(flat.shape[1:]), 0),
-        Stage("projection", tuple(embedded.shape[1:]), count(projection, norm)),
+        *(Stage(name, shape, params) for name, shape, params in neck),
         Stage("head", (num_classes,), count(head)),
     ]
 

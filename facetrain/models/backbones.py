@@ -1,4 +1,8 @@
-"""torchvision backbones with their classifiers removed, chosen from a registry."""
+"""The backbone registry: torchvision's ImageNet networks (classifier removed) and the face networks.
+
+A torchvision backbone is a trunk that the embedder's pool + projection neck follows. A face backbone
+(IResNet, MobileFaceNet) comes with its paper's own output layer as the neck (``face_neck``).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ from torchvision import models as tv
 
 from facetrain.checkpoint import read_tensors
 from facetrain.errors import ShapeError
+from facetrain.models.iresnet import IRESNET_DEPTHS, FlattenNeck, IResNetTrunk
+from facetrain.models.mobilefacenet import GDCNeck, MobileFaceNetTrunk
 
 # name -> torchvision constructor; the classifier is stripped by ``features_of``.
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
@@ -27,18 +33,39 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "vgg19": tv.vgg19,
     "vgg19_bn": tv.vgg19_bn,
 }
+# name -> (trunk constructor, output-layer class): the face networks, each with its paper's neck.
+FACE_BACKBONES: dict[str, tuple[Callable[[], nn.Module], type[nn.Module]]] = {
+    **{name: (lambda d=depths: IResNetTrunk(d), FlattenNeck) for name, depths in IRESNET_DEPTHS.items()},
+    "mobilefacenet": (MobileFaceNetTrunk, GDCNeck),
+}
 # Keys of the torchvision classifier, which a weights file may carry and we do not use.
 _CLASSIFIER_PREFIXES = ("fc.", "classifier.")
 
 
 def backbone_names() -> list[str]:
-    return sorted(BACKBONES)
+    return sorted([*BACKBONES, *FACE_BACKBONES])
+
+
+def is_face_backbone(name: str) -> bool:
+    return name in FACE_BACKBONES
 
 
 def create_torchvision(name: str) -> nn.Module:
     if name not in BACKBONES:
         raise ShapeError(f"model.backbone: unknown backbone '{name}': choose one of {', '.join(backbone_names())}")
     return BACKBONES[name](weights=None)
+
+
+def create_trunk(name: str) -> nn.Module:
+    """(B, 3, H, W) -> (B, C, h, w) for any registered backbone."""
+    if name in FACE_BACKBONES:
+        return FACE_BACKBONES[name][0]()
+    return features_of(create_torchvision(name))
+
+
+def face_neck(name: str, channels: int, embedding_dim: int, dropout: float) -> nn.Module:
+    """The output layer a face backbone's paper puts after its trunk."""
+    return FACE_BACKBONES[name][1](channels, embedding_dim, dropout)
 
 
 def features_of(model: nn.Module) -> nn.Sequential:
