@@ -26,7 +26,10 @@ FORMAT_VERSION = 1
 # What torch.load can read: a torch.save archive, or the legacy pickle format (refused later, but named).
 TORCH_FILES = (TORCH_ARCHIVE, "a Python pickle")
 CHECKPOINT_FIX = "give the path of a last.pt or best.pt written by facetrain train"
-REQUIRED_KEYS = ("format_version", "config", "num_classes", "embedder", "head")
+# What every checkpoint holds. One written by ``facetrain train`` holds the margin head too (HEAD_KEYS);
+# one written by ``facetrain import`` holds the embedder only, and says where it came from ("origin").
+REQUIRED_KEYS = ("format_version", "config", "embedder")
+HEAD_KEYS = ("num_classes", "head")
 RESUME_KEYS = ("class_names", "optimizer", "scheduler", "scaler", "epoch", "batch_in_epoch", "step", "rng")
 # Config keys that change the model's shapes, its input or the optimizer's state layout:
 # a checkpoint cannot be resumed across them.
@@ -38,16 +41,16 @@ STRUCTURAL_KEYS = (
 ORDER_KEYS = ("seed", "train.batch_size", "train.grad_accum_steps")
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path, intact: str = "") -> Path:
+def save_checkpoint(state: dict[str, Any], path: str | Path, intact: str = "", option: str = "run_dir") -> Path:
     """Writes ``state`` to ``path`` atomically (temp file in the same folder, fsync, rename).
 
-    A full disk or an unwritable folder is one ``OutputError`` line that says ``intact`` (which file
-    is still good); a Ctrl-C mid-write stays a KeyboardInterrupt.
+    A full disk or an unwritable folder is one ``OutputError`` line, naming ``option``, that says ``intact``
+    (which file is still good); a Ctrl-C mid-write stays a KeyboardInterrupt.
     """
     import torch  # here, not at the top: checking a path must not cost torch's import
 
     payload = {"format_version": FORMAT_VERSION, "facetrain_version": __version__, **state}
-    return write_stream(path, lambda stream: torch.save(payload, stream), "run_dir", intact)
+    return write_stream(path, lambda stream: torch.save(payload, stream), option, intact)
 
 
 def read_tensors(
@@ -132,8 +135,30 @@ def require_keys(state: dict[str, Any], keys: tuple[str, ...], file: str | Path,
         raise CheckpointError(f"checkpoint '{file}' lacks {', '.join(missing)}, so it cannot be used as {purpose}")
 
 
+def require_head(state: dict[str, Any], file: str | Path, purpose: str, fix: str) -> None:
+    """Refuses, in one line, a checkpoint without a margin head (an imported embedder) where one is needed.
+
+    ``purpose`` completes "so it cannot be ..."; ``fix`` says what to do instead.
+    """
+    missing = [key for key in HEAD_KEYS if key not in state]
+    if not missing:
+        return
+    origin = state.get("origin")
+    if isinstance(origin, dict):
+        source = f"imported from {origin.get('kind')} weights '{origin.get('file')}'"
+    else:
+        source = f"it lacks {', '.join(missing)}"
+    raise CheckpointError(f"checkpoint '{file}' holds an embedder only ({source}), so it cannot be {purpose}: {fix}")
+
+
+def resume_fix(file: str | Path) -> str:
+    """What to do with an embedder-only checkpoint given to ``--resume``."""
+    return f"to train from it, start a new run with model.init_from: {file}"
+
+
 def check_resume_fields(state: dict[str, Any], file: str | Path) -> None:
     """Checks the types of the fields that resuming reads, the way the config's keys are checked."""
+    require_head(state, file, "resumed", resume_fix(file))
     require_keys(state, RESUME_KEYS, file, "a training checkpoint to resume")
     problems = [f"{key} {why}" for key, why in _resume_field_problems(state)]
     if problems:
@@ -177,7 +202,7 @@ def _resume_field_problems(state: dict[str, Any]) -> list[tuple[str, str]]:
 
 def check_resumable(file: str | Path, saved: dict[str, Any], current: dict[str, Any], mid_epoch: bool) -> list[str]:
     """Raises on changes that resuming cannot honour; returns readable lines for the harmless ones."""
-    changes = config_differences(saved, current)
+    changes = config_differences(_with_defaults(saved), current)
     # In STRUCTURAL_KEYS order, so a change of head.type is named rather than the head.k it implies.
     refused = sorted(
         (change for change in changes if change[0] in STRUCTURAL_KEYS or (mid_epoch and change[0] in ORDER_KEYS)),
@@ -191,6 +216,16 @@ def check_resumable(file: str | Path, saved: dict[str, Any], current: dict[str, 
             f"set {key}: {_yaml(was)} to resume, or start a new run without --resume"
         )
     return [f"{key}: {was!r} -> {now!r}" for key, was, now in changes]
+
+
+def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with the keys added since it was written at their defaults (what that run did)."""
+    from facetrain.config import config_from_dict, config_to_dict
+
+    try:
+        return config_to_dict(config_from_dict(saved))
+    except FacetrainError:  # not valid today: compare it as it is, and let resuming say what is wrong
+        return saved
 
 
 def identity_changes(saved: list[str], current: list[str] | tuple[str, ...]) -> str:

@@ -4,9 +4,15 @@ facetrain's step is the trainer's: embedder (torchvision backbone + pool/flatten
 ArcFace head in float32 margin math, AMP on CUDA, gradient clipping, the device-side finite-gradient
 check, fused optimizer on CUDA, channels_last and torch.compile as configured.
 
-The reference (--reference) is the hand-written loop: the same torchvision backbone, a Linear neck,
-a textbook ArcFace (normalise both, cos(theta+m) with the cos - m*sin(m) fallback past pi - m), all
-under one autocast with a GradScaler for fp16, NCHW, eager, torch's default SGD.
+The reference (--reference) is the hand-written loop: the same network, a textbook ArcFace (normalise
+both, cos(theta+m) with the cos - m*sin(m) fallback past pi - m), all under one autocast with a
+GradScaler for fp16, NCHW, eager, torch's default SGD. The network is, for a torchvision backbone,
+torchvision's model with its fc replaced by a Linear neck; for a face backbone (iresnet*, mobilefacenet),
+its trunk (the same modules facetrain trains, laid out as insightface's) followed by its paper's output
+layer written out in plain nn layers as insightface's training code has it: iresnet BN2d -> flatten ->
+Linear -> BN1d (scale fixed at 1), mobilefacenet the global depthwise conv + BN -> flatten -> Linear
+(no bias) -> BN1d. At 112 px that is facetrain's embedder layer for layer, less its 7x7 pool (the identity
+there); at other sizes the reference flattens (or its depthwise conv covers) the whole map as it is.
 
 Both run in this process on the same device, batch, image size and precision, in alternating rounds
 (this machine is noisy); each figure is the median round. Peak memory is the round's CUDA peak (on
@@ -19,6 +25,7 @@ Usage:
   python scripts/bench_train.py --backbone resnet18 --batch-size 32 --device cpu --reference
   python scripts/bench_train.py --backbone resnet50 --batch-size 256 --device cuda --amp bf16 --reference
   python scripts/bench_train.py --backbone resnet50 --batch-size 256 --pipeline --workers 12
+  python scripts/bench_train.py --backbone iresnet100 --batch-size 256 --device cuda --amp bf16 --reference
 """
 
 from __future__ import annotations
@@ -39,9 +46,11 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from facetrain.config import HeadConfig, ModelConfig, TrainConfig
+from facetrain.config import FACE_BACKBONES, HeadConfig, ModelConfig, TrainConfig
 from facetrain.data import model_input
 from facetrain.models import build_embedder, build_head
+from facetrain.models.backbones import create_trunk
+from facetrain.models.embedder import feature_shape
 from facetrain.runtime import CompiledOrEager, autocast, resolve_device, resolve_precision, use_channels_last
 from facetrain.training import parallel
 from facetrain.training.guard import GradientGuard
@@ -101,12 +110,34 @@ class TextbookArcFace(nn.Module):
         return self.s * (one_hot * phi + (1.0 - one_hot) * cosine)
 
 
+def reference_network(name: str, image_size: int, dim: int = 512) -> nn.Module:
+    """The plain network: torchvision's model with a Linear neck, or a face trunk with its output layer."""
+    if name not in FACE_BACKBONES:
+        network = getattr(torchvision.models, name)(weights=None)
+        network.fc = nn.Linear(network.fc.in_features, dim)  # the Linear neck: avgpool -> flatten -> Linear
+        return network
+    channels, height, width = feature_shape(name, image_size)
+    if name == "mobilefacenet":  # GDC: a depthwise conv over the whole map, then Linear -> BN1d
+        output = nn.Sequential(
+            nn.Conv2d(channels, channels, (height, width), groups=channels, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.Flatten(1),
+            nn.Linear(channels, dim, bias=False),
+            nn.BatchNorm1d(dim),
+        )
+    else:  # iresnet: BN2d -> flatten -> Linear -> BN1d whose scale stays 1
+        output = nn.Sequential(
+            nn.BatchNorm2d(channels), nn.Flatten(1), nn.Linear(channels * height * width, dim), nn.BatchNorm1d(dim)
+        )
+        nn.init.ones_(output[-1].weight)
+        output[-1].weight.requires_grad_(False)
+    return nn.Sequential(create_trunk(name), output)
+
+
 def reference_step(args, device, precision) -> Callable[[Iterator], None]:
-    backbone = getattr(torchvision.models, args.backbone)(weights=None)
-    features = backbone.fc.in_features
-    backbone.fc = nn.Linear(features, 512)  # the Linear neck: avgpool -> flatten -> Linear
-    backbone, head = backbone.to(device), TextbookArcFace(512, args.num_classes).to(device)
-    params = list(backbone.parameters()) + list(head.parameters())
+    backbone = reference_network(args.backbone, args.image_size).to(device)
+    head = TextbookArcFace(512, args.num_classes).to(device)
+    params = [p for p in backbone.parameters() if p.requires_grad] + list(head.parameters())
     optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_scaler)
 

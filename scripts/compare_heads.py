@@ -31,30 +31,28 @@ A quick check:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
-import platform
-import resource
-import shutil
-import statistics
-import time
 from pathlib import Path
 from typing import Any
 
-import torch
+import _compare  # scripts/ is on sys.path when this file runs as a script
 import yaml
+from _compare import (
+    FOLDS,
+    HELD_OUT,
+    SPLIT_SEED,
+    environment,
+    percent,
+    readings,
+    run_or_reuse,
+    summarise_seeds,
+    write_holdout_pairs,
+    write_json,
+)
 
-from facetrain.config import HEAD_OPTIONS, HEAD_TYPES, Config, DataConfig, config_from_dict, config_to_dict
-from facetrain.data.identities import split_identities
-from facetrain.evaluation.evaluate import run_eval
-from facetrain.evaluation.pairgen import make_pairs, write_lfw_pairs
-from facetrain.evaluation.pairs import read_pairs
+from facetrain.config import HEAD_OPTIONS, HEAD_TYPES, config_from_dict, config_to_dict
 from facetrain.runtime import resolve_device
-from facetrain.training.trainer import Trainer
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "yaleb"
-HELD_OUT, SPLIT_SEED, FOLDS = 10, 0, 10
 # combined's own default (1, 0.5, 0) is ArcFace exactly, which would repeat the arcface row; the table
 # uses the ArcFace paper's combined setting CM1 (m1, m2, m3) = (1, 0.3, 0.2) instead.
 DEFAULT_OPTIONS = ("combined.m2=0.3", "combined.m3=0.2")
@@ -70,94 +68,8 @@ def run_config(args: argparse.Namespace, head: str, seed: int) -> dict[str, Any]
         kind, _, name = key.partition(".")
         if kind == head:
             head_section[name] = yaml.safe_load(value)
-    return {
-        "run_dir": str(Path(args.out) / f"{head}-seed{seed}"),
-        "seed": seed,
-        "data": {
-            "root": str(args.data), "val_identities": HELD_OUT, "split_seed": SPLIT_SEED,
-            "min_images_per_identity": 2, "image_size": args.image_size, "center_crop": None, "hflip": True,
-            "num_workers": 1,
-        },
-        "model": {"backbone": "resnet18", "embedding_dim": 128, "pool_size": 1, "dropout": 0.0},
-        "head": head_section,
-        "train": {
-            "epochs": args.epochs, "batch_size": args.batch_size, "optimizer": "sgd", "lr": 0.05, "momentum": 0.9,
-            "weight_decay": 5e-4, "schedule": "cosine", "warmup_epochs": 1, "grad_clip": 5.0, "amp": "auto",
-            "device": args.device, "checkpoint_every_steps": 0, "log_every_steps": 10,
-        },
-        "eval": {"sets": [], "folds": FOLDS, "flip": True, "batch_size": 64},
-    }  # fmt: skip
-
-
-def write_holdout_pairs(data: DataConfig, out: Path, per_fold: int, seed: int) -> tuple[Path, Path, str]:
-    """Links the held-out images as ``<name>/<k><ext>`` and writes an LFW pairs file over them.
-
-    Returns:
-        The pairs file, the image root it refers to, and a digest of both (pairs and link targets).
-    """
-    _, held_out = split_identities(data)
-    image_root = out / "holdout_images"
-    shutil.rmtree(image_root, ignore_errors=True)
-    numbered, digest = [], hashlib.sha256()
-    for name, paths in held_out:
-        (image_root / name).mkdir(parents=True)
-        links = [image_root / name / f"{k}{path.suffix}" for k, path in enumerate(paths, 1)]
-        for link, path in zip(links, paths, strict=True):
-            link.symlink_to(path.resolve())
-            digest.update(f"{link.relative_to(image_root)} {path.name}\n".encode())
-        numbered.append((name, links))
-    pairs_file = out / "holdout_pairs.txt"
-    write_lfw_pairs(pairs_file, make_pairs(numbered, FOLDS, per_fold, seed), FOLDS, per_fold)
-    digest.update(pairs_file.read_bytes())
-    return pairs_file, image_root, digest.hexdigest()
-
-
-def train_and_evaluate(config: Config, pairs_file: Path, image_root: Path, label: str) -> dict[str, Any]:
-    """Trains one run, timing each epoch, then scores its last.pt on the held-out pairs."""
-    trainer = Trainer(config, overwrite=True, progress=False)
-    trainer.setup()
-    epochs = []
-    try:
-        while trainer.epoch < config.train.epochs:
-            started = time.perf_counter()
-            stats = trainer.train_epoch()
-            if trainer.device.type == "cuda":
-                torch.cuda.synchronize(trainer.device)
-            stats["seconds"] = time.perf_counter() - started
-            epochs.append(stats)
-            print(
-                f"{label}: epoch {trainer.epoch}/{config.train.epochs}  loss {stats['loss']:.3f}  "
-                f"train acc {stats['accuracy']:.3f}  {stats['seconds']:.1f} s",
-                flush=True,
-            )
-    finally:
-        trainer.tensorboard.close()
-    checkpoint = trainer.save()
-    [report] = run_eval(checkpoint, [read_pairs(pairs_file, image_root, "lfw")], device=trainer.device)
-    metrics = report.headline
-    median = statistics.median(epoch["seconds"] for epoch in epochs)
-    images = trainer.micro_batches * config.train.batch_size  # drop_last: images seen per epoch
-    return {
-        "epochs": epochs,
-        "median_epoch_seconds": median,
-        "images_per_epoch": images,
-        "images_per_sec": images / median,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # so far in this process
-        "accuracy": metrics.accuracy,
-        "accuracy_std": metrics.accuracy_std,
-        "tar@far=1e-2": metrics.tar_at_far["1e-2"],
-        "roc_auc": metrics.roc_auc,
-        "report": report.to_dict(),
-    }
-
-
-def readings(result: dict[str, Any]) -> str:
-    tar = result["tar@far=1e-2"]
-    return (
-        f"accuracy {result['accuracy']:.4f} ± {result['accuracy_std']:.4f}, TAR@FAR=1e-2 "
-        f"{'n/a' if tar is None else f'{tar:.4f}'}, ROC AUC {result['roc_auc']:.4f}, "
-        f"median epoch {result['median_epoch_seconds']:.1f} s"
-    )
+    model = {"backbone": "resnet18", "embedding_dim": 128, "pool_size": 1, "dropout": 0.0}
+    return _compare.run_config(args, Path(args.out) / f"{head}-seed{seed}", seed, args.data, model, head_section)
 
 
 def options_text(options: dict[str, Any]) -> str:
@@ -168,27 +80,10 @@ def options_text(options: dict[str, Any]) -> str:
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One head's runs -> means over seeds, per-seed values and the median epoch over all epochs."""
-    tars = [run["tar@far=1e-2"] for run in runs]
-    median = statistics.median(epoch["seconds"] for run in runs for epoch in run["epochs"])
-    return {
-        "options": runs[0]["options"],
-        "seeds": [run["seed"] for run in runs],
-        "accuracy": statistics.mean(run["accuracy"] for run in runs),
-        "accuracy_std": statistics.mean(run["accuracy_std"] for run in runs),
-        "accuracy_per_seed": [run["accuracy"] for run in runs],
-        "tar@far=1e-2": statistics.mean(tars) if None not in tars else None,
-        "tar@far=1e-2_per_seed": tars,
-        "roc_auc": statistics.mean(run["roc_auc"] for run in runs),
-        "median_epoch_seconds": median,
-        "images_per_sec": runs[0]["images_per_epoch"] / median,
-        "peak_rss_mb": max(run["peak_rss_mb"] for run in runs),
-    }
+    return {"options": runs[0]["options"]} | summarise_seeds(runs)
 
 
 def markdown_table(heads: dict[str, dict[str, Any]], device: str) -> str:
-    def percent(value: float | None) -> str:
-        return "n/a" if value is None else f"{100 * value:.2f}"
-
     lines = [
         f"| head | options | accuracy % (± std over folds) | per seed | TAR@FAR=1e-2 % | per seed | ROC AUC "
         f"| epoch s ({device}, median) | img/s | seeds |",
@@ -206,21 +101,10 @@ def markdown_table(heads: dict[str, dict[str, Any]], device: str) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(temporary, path)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="one folder of images per identity")
+    _compare.add_arguments(parser, image_size=64, out=Path("runs/compare_heads"))
     parser.add_argument("--heads", nargs="+", choices=HEAD_TYPES, default=list(HEAD_TYPES))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--scale", type=float, default=32.0, help="s of every head that takes one")
     parser.add_argument(
         "--option",
@@ -229,12 +113,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a head option other than its default, e.g. arcface.m=0.3 (repeatable; replaces the defaults "
         "given here: combined.m2=0.3 combined.m3=0.2, the ArcFace paper's combined setting CM1)",
     )
-    parser.add_argument("--pairs-per-fold", type=int, default=300, help="same (and different) pairs per fold")
-    parser.add_argument("--pairs-seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path, default=Path("runs/compare_heads"), help="runs and the pairs file")
-    parser.add_argument("--json", type=Path, default=None, help="the table as JSON (default: <out>/compare_heads.json)")
-    parser.add_argument("--force", action="store_true", help="redo runs that have a result already")
     args = parser.parse_args(argv)
     if args.option is None:
         args.option = list(DEFAULT_OPTIONS)
@@ -245,20 +123,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if kind not in HEAD_TYPES or "=" not in text:
             parser.error(f"--option {text}: expected HEAD.KEY=VALUE with HEAD one of {', '.join(HEAD_TYPES)}")
     return args
-
-
-def run_or_reuse(config: Config, settings: dict[str, Any], pairs: tuple[Path, Path], force: bool, label: str) -> dict:
-    """The run's result.json when it holds the same settings (and not ``force``), else a fresh run."""
-    result_file = Path(config.run_dir) / "result.json"
-    stored = json.loads(result_file.read_text()) if result_file.is_file() else None
-    if not force and stored is not None and stored.get("settings") == settings:
-        print(f"{label}: done already ({result_file}), skipped")
-        return stored
-    options = {name: getattr(config.head, name) for name in HEAD_OPTIONS[config.head.type]}
-    result = {"head": config.head.type, "seed": config.seed, "options": options, "settings": settings}
-    result |= train_and_evaluate(config, *pairs, label)
-    write_json(result_file, result)
-    return result
 
 
 def main() -> None:
@@ -272,7 +136,9 @@ def main() -> None:
         config = config_from_dict(run_config(args, head, seed), source=f"{head} seed {seed}")
         settings = json.loads(json.dumps({"config": config_to_dict(config), "pairs_sha256": digest}))
         label = f"[{index}/{len(plan)}] {head} seed {seed}"
-        result = run_or_reuse(config, settings, (pairs_file, image_root), args.force, label)
+        options = {name: getattr(config.head, name) for name in HEAD_OPTIONS[head]}
+        about = {"head": head, "options": options}
+        result = run_or_reuse(config, settings, (pairs_file, image_root), args.force, label, about)
         print(f"{label}: {readings(result)}", flush=True)
         runs[head].append(result)
 
@@ -282,18 +148,12 @@ def main() -> None:
     print("\n" + table)
     pairs = {key: result["report"][key] for key in ("source", "pairs", "same", "different", "unique_images", "folds")}
     settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
-    processor = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-    environment = {
-        "torch": torch.__version__, "device": str(device), "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-        "processor": processor or platform.machine(),
-    }  # fmt: skip
     settings |= {"held_out_identities": HELD_OUT, "split_seed": SPLIT_SEED, "folds": FOLDS}
     all_runs = [run for head_runs in runs.values() for run in head_runs]
     write_json(
         args.json,
         {"settings": settings, "config_template": config_to_dict(template), "pairs": pairs,
-         "environment": environment, "heads": heads, "runs": all_runs, "table": table},
+         "environment": environment(device), "heads": heads, "runs": all_runs, "table": table},
     )  # fmt: skip
     print(f"\nwrote {args.json}")
 

@@ -63,6 +63,9 @@ else
     DRY=0; DEV=cuda; AMPS="bf16 fp16"; NETS="resnet50 resnet101"; SIZE=112; BATCH=256; STEPS=20; ROUNDS=3
     WARM=5; IMAGES=12000; WORKERS=$(( $("$PY" -c "import os; print(os.cpu_count())") - 2 )); BACKEND=nccl
 fi
+# The face backbones, each at 112 px, batch 256, the first amp (bf16), channels_last, eager, against the
+# reference loop on the same architecture (bench_train.py --reference); the dry run takes the same nets.
+FACE_NETS="iresnet50 iresnet100 mobilefacenet"
 CACHE="$OUT/cache"
 
 bench() {  # bench NAME NET AMP CHANNELS_LAST COMPILE [extra args]
@@ -78,6 +81,10 @@ FIRST_NET=${NETS%% *}
 # 1. the headline: r50, bf16, channels_last, eager and compiled, against the reference loop
 bench "bench_${FIRST_NET}_${FIRST_AMP}_cl-on_compile-off" "$FIRST_NET" "$FIRST_AMP" on off --reference
 bench "bench_${FIRST_NET}_${FIRST_AMP}_cl-on_compile-on" "$FIRST_NET" "$FIRST_AMP" on on --reference
+# 1b. the face backbones, the same setting as the headline's eager run
+for net in $FACE_NETS; do
+    bench "bench_${net}_${FIRST_AMP}_cl-on_compile-off" "$net" "$FIRST_AMP" on off --reference
+done
 # 2. the input pipeline from a .rec against the synthetic figure
 bench "pipeline_${FIRST_NET}_${FIRST_AMP}" "$FIRST_NET" "$FIRST_AMP" on off --pipeline --sources rec \
     --pipeline-images "$IMAGES" --workers "$WORKERS" --cache "$CACHE"

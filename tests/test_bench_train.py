@@ -6,14 +6,15 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 from conftest import REPO
 
-from facetrain.config import HeadConfig
-from facetrain.models import build_head
+from facetrain.config import HeadConfig, ModelConfig
+from facetrain.models import build_embedder, build_head
 
 sys.path.insert(0, str(REPO / "scripts"))
-from bench_train import TextbookArcFace
+from bench_train import TextbookArcFace, reference_network
 
 
 def test_the_reference_arcface_gives_facetrains_arcface_logits():
@@ -46,3 +47,32 @@ def test_bench_train_times_both_loops_and_the_rec_pipeline_and_writes_json(tmp_p
         figures["facetrain"]["images_per_sec"] / figures["reference"]["images_per_sec"], 3
     )
     assert figures["pipeline_rec_vs_synthetic"] > 0 and figures["channels_last"] is False
+
+
+@pytest.mark.parametrize("backbone", ["iresnet18", "mobilefacenet"])
+def test_the_reference_face_network_is_facetrains_embedder_layer_for_layer_at_112_px(backbone):
+    """The plain loop trains the same architecture: facetrain's weights, loaded in order, give its embeddings."""
+    torch.manual_seed(0)
+    ours = build_embedder(ModelConfig(backbone=backbone, embedding_dim=512), 112).eval()
+    reference = reference_network(backbone, 112).eval()
+    ours_state, reference_state = ours.state_dict(), reference.state_dict()
+    assert [value.shape for value in ours_state.values()] == [value.shape for value in reference_state.values()]
+    reference.load_state_dict(dict(zip(reference_state, ours_state.values(), strict=True)))
+    trainable = [(p.shape, p.requires_grad) for p in ours.parameters()]
+    assert trainable == [(p.shape, p.requires_grad) for p in reference.parameters()]  # iresnet's fixed BN1d scale
+    images = torch.randn(2, 3, 112, 112)
+    with torch.no_grad():
+        torch.testing.assert_close(reference(images), ours(images), rtol=1e-4, atol=1e-4)
+
+
+def test_bench_train_times_a_face_backbone_against_its_reference(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "scripts/bench_train.py", "--device", "cpu", "--backbone", "mobilefacenet",
+         "--image-size", "32", "--batch-size", "4", "--num-classes", "20", "--steps", "1", "--rounds", "1",
+         "--warmup", "1", "--reference", "--json", str(out)],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert figures["backbone"] == "mobilefacenet" and {"facetrain", "reference"} <= figures.keys()

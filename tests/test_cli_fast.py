@@ -74,6 +74,9 @@ def inputs(tmp_path_factory) -> Path:
     return root
 
 
+# The start of an insightface export, and of an import, of inputs' archive.pt, for the cases below.
+TO_INSIGHTFACE = ["export", "--checkpoint", "{i}/archive.pt", "--out", "{i}/b.pth", "--format", "insightface"]
+IMPORT = ["import", "--insightface", "{i}/archive.pt"]
 # (arguments, a piece of the one error line). {i} is the inputs folder.
 CASES = [
     # Bad options: typer's own usage errors, and the ones a command checks itself.
@@ -86,6 +89,10 @@ CASES = [
     (["eval", "--checkpoint", "{i}/archive.pt", "--format", "csv"], "--format: 'csv' is not a pairs format"),
     (["export", "--checkpoint", "{i}/archive.pt", "--out", "{i}/m.pt", "--format", "zip"], "--format: unknown format"),
     (["export", "--checkpoint", "{i}/archive.pt", "--out", "{i}/m.pt", "--threshold", "3"], "outside [-1, 1]"),
+    ([*TO_INSIGHTFACE, "--threshold", "0.3"], "--threshold: --format insightface writes weights only"),
+    ([*TO_INSIGHTFACE, "--parity-images", "{i}/faces"], "--threshold-from and --parity-images apply to torchscript"),
+    ([*IMPORT, "--arch", "r51", "--out", "{i}/x.pt"], "--arch: unknown architecture 'r51'"),
+    ([*IMPORT, "--arch", "r50", "--out", "{i}/x.pt", "--embedding-dim", "1"], "--embedding-dim"),
     (["embed", "--images", "{i}/faces", "--out", "{i}/e.npz"], "give exactly one of --checkpoint or --model"),
     (["embed", "--images", "{i}/faces", "--out", "{i}/e.txt", "--checkpoint", "{i}/archive.pt"], "not a .npz file"),
     (["verify", "{i}/m.pt", "a.png", "b.png", "--align-size", "7"], "--align-size 7x7 has no ArcFace template"),
@@ -101,11 +108,23 @@ CASES = [
     (["train", "--config", "{i}/good.yaml", "--set", "run_dir={i}/notes.txt"], "run_dir: '{i}/notes.txt' is a file"),
     (["train", "--config", "{i}/good.yaml", "--set", "eval.sets=[{pairs: {i}/no.txt}]"], "pairs file '{i}/no.txt'"),
     (["train", "--resume", "{i}/notes.txt"], "it is a text file"),
+    (["train", "--config", "{i}/good.yaml", "--set", "model.init_from={i}/no.pt"], "model.init_from: checkpoint"),
+    (["train", "--config", "{i}/good.yaml", "--set", "model.init_from={i}/notes.txt"], "'{i}/notes.txt' cannot be"),
+    (
+        ["train", "--config", "{i}/good.yaml", "--set", "model.init_from={i}/archive.pt", "--resume", "{i}/archive.pt"],
+        "give --resume alone",
+    ),
+    (["train", "--config", "{i}/good.yaml", "--set", "head.init=imprint"], "head.init: imprint"),
     (["eval", "--checkpoint", "{i}/missing.pt"], "checkpoint '{i}/missing.pt' not found"),
     (["eval", "--checkpoint", "{i}/notes.txt"], "it is a text file"),
     (["eval", "--checkpoint", "{i}/archive.pt", "--pairs", "{i}/no.txt"], "pairs file '{i}/no.txt' not found"),
     (["export", "--checkpoint", "{i}/missing.pt", "--out", "{i}/m.pt"], "checkpoint '{i}/missing.pt' not found"),
     (["export", "--checkpoint", "{i}/archive.pt", "--out", "{i}/empty"], "--out: '{i}/empty' is a folder"),
+    (["import", "--insightface", "{i}/no.pth", "--arch", "r50", "--out", "{i}/x.pt"], "weights '{i}/no.pth' not found"),
+    (["import", "--insightface", "{i}/notes.txt", "--arch", "mbf", "--out", "{i}/x.pt"], "it is a text file"),
+    ([*IMPORT, "--arch", "r50", "--out", "{i}/archive.pt"], "--out: '{i}/archive.pt' is also an input"),
+    ([*IMPORT, "--arch", "r50", "--out", "{i}/notes.txt"], "'{i}/notes.txt' exists: give another path, or --overwrite"),
+    ([*IMPORT, "--arch", "r50", "--out", "{i}/empty"], "--out: '{i}/empty' is a folder"),
     (["verify", "{i}/missing.pt", "a.png", "b.png"], "model '{i}/missing.pt' not found"),
     (["verify", "{i}/archive.pt", "a.png", "b.png"], "not an exported model"),
     (["embed", "--images", "{i}/nowhere", "--out", "{i}/e.npz", "--checkpoint", "{i}/archive.pt"], "--images"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from conftest import REPO, make_faces
 from facetrain.config import HEAD_OPTIONS, HEAD_TYPES, DataConfig, config_from_dict
 from facetrain.evaluation.pairs import read_pairs
 
+sys.path.insert(0, str(REPO / "scripts"))  # for its helpers, scripts/_compare.py
 spec = importlib.util.spec_from_file_location("compare_heads", REPO / "scripts" / "compare_heads.py")
 compare_heads = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(compare_heads)

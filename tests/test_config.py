@@ -140,9 +140,11 @@ def test_shipped_configs_validate(path):
 
 def test_shipped_configs_exist_and_r50_is_the_field_default():
     names = {p.name for p in (REPO / "configs").glob("*.yaml")}
-    assert {"demo.yaml", "r18.yaml", "r50.yaml", "r100.yaml", "vgg16.yaml"} <= names
-    r50 = load_config(REPO / "configs" / "r50.yaml")
-    assert (r50.model.backbone, r50.data.image_size, r50.model.embedding_dim) == ("resnet50", 112, 512)
+    assert {"demo.yaml", "r18.yaml", "r50.yaml", "r100.yaml", "mbf.yaml", "resnet50.yaml", "vgg16.yaml"} <= names
+    r50 = load_config(REPO / "configs" / "r50.yaml")  # the field's r50 is insightface's IResNet-50
+    assert (r50.model.backbone, r50.data.image_size, r50.model.embedding_dim) == ("iresnet50", 112, 512)
+    for name, backbone in (("r18", "iresnet18"), ("r100", "iresnet100"), ("mbf", "mobilefacenet")):
+        assert load_config(REPO / "configs" / f"{name}.yaml").model.backbone == backbone
 
 
 def test_readme_documents_every_key():

@@ -1,4 +1,4 @@
-"""``facetrain export``, ``facetrain verify`` and ``facetrain embed``."""
+"""``facetrain export``, ``facetrain import``, ``facetrain verify`` and ``facetrain embed``."""
 
 from __future__ import annotations
 
@@ -9,16 +9,23 @@ from typing import Annotated
 import typer
 
 from facetrain.cli.boundary import error_boundary
-from facetrain.errors import DataError
+from facetrain.errors import ConfigError, DataError
 
 
 @error_boundary
 def export_command(
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A last.pt or best.pt from facetrain train.")],
+    checkpoint: Annotated[
+        Path, typer.Option("--checkpoint", help="A last.pt or best.pt from facetrain train, or a facetrain import.")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="The model file to write.")],
-    out_format: Annotated[str, typer.Option("--format", help="torchscript or onnx (needs facetrain[onnx]).")] = (
-        "torchscript"
-    ),
+    out_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="torchscript, onnx (needs facetrain[onnx]), or insightface (a backbone.pth state dict for "
+            "insightface's get_model; face backbones only).",
+        ),
+    ] = "torchscript",
     threshold: Annotated[
         float | None, typer.Option("--threshold", help="Verification threshold to store in the metadata.")
     ] = None,
@@ -31,12 +38,22 @@ def export_command(
 ) -> None:
     """Export the embedder (never the margin head) with its preprocessing metadata, then check parity.
 
+    --format insightface writes a face backbone's weights as the state dict insightface's get_model loads.
+
     Example: facetrain export --checkpoint runs/demo/best.pt --out runs/demo/model.pt
     """
     from facetrain.deploy import check_export, threshold_from_eval_json
 
     if threshold is not None and threshold_from is not None:
         raise typer.BadParameter("give --threshold or --threshold-from, not both")
+    if out_format == "insightface":
+        if threshold_from is not None or parity_images is not None:
+            raise ConfigError(
+                "--threshold-from and --parity-images apply to torchscript and onnx exports; --format insightface "
+                "writes weights only: drop them"
+            )
+        _export_insightface(checkpoint, out, threshold)
+        return
     if threshold_from is not None:
         threshold = threshold_from_eval_json(threshold_from, checkpoint)
     check_export(checkpoint, out, out_format, threshold)
@@ -62,6 +79,60 @@ def export_command(
         typer.echo(f"parity: max abs difference {result.max_abs_diff:.2e} vs the checkpoint ({result.note})")
     else:
         typer.echo(f"parity: {result.note}")
+
+
+def _export_insightface(checkpoint: Path, out: Path, threshold: float | None) -> None:
+    from facetrain.deploy import check_export
+
+    check_export(checkpoint, out, "insightface", threshold)
+    from facetrain.deploy import export_insightface
+
+    result = export_insightface(checkpoint, out)
+    typer.echo(
+        f"exported: {result.path} (insightface state dict: {result.backbone}, {result.embedding_dim}-d embeddings; "
+        f"read back and re-imported: max abs difference {result.max_abs_diff:.1e})"
+    )
+    typer.echo(
+        f'load it with insightface\'s arcface_torch: get_model("{result.insightface_name}", '
+        f'num_features={result.embedding_dim}).load_state_dict(torch.load("{result.path}"))'
+    )
+
+
+@error_boundary
+def import_command(
+    insightface: Annotated[
+        Path, typer.Option("--insightface", help="insightface's backbone.pth (an arcface_torch state dict).")
+    ],
+    arch: Annotated[
+        str,
+        typer.Option(
+            "--arch", help="Its architecture: iresnet18/34/50/100/200 or mobilefacenet, or insightface's r18 ... mbf."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The facetrain checkpoint to write.")],
+    embedding_dim: Annotated[
+        int | None,
+        typer.Option("--embedding-dim", min=2, max=8192, help="Expected embedding size (default: read from the file)."),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists.")] = False,
+) -> None:
+    """Import insightface's released weights as a facetrain checkpoint (the embedder only; strict loading).
+
+    The checkpoint works with eval, embed, export and model.init_from; it holds no margin head, so it
+    cannot be resumed. A file of another architecture or embedding size is named for what it holds.
+
+    Example: facetrain import --insightface backbone.pth --arch r50 --out r50.pt
+    """
+    from facetrain.deploy import check_import
+
+    check_import(insightface, arch, out, overwrite)  # before torch
+    from facetrain.deploy import import_insightface
+
+    result = import_insightface(insightface, arch, out, embedding_dim, overwrite)
+    typer.echo(
+        f"imported: {result.path} ({result.backbone}, insightface's {result.insightface_name}; "
+        f"{result.embedding_dim}-d embeddings; {result.parameters:,} parameters; embedder only) from {insightface}"
+    )
 
 
 AlignFlag = Annotated[bool, typer.Option("--align", help="Detect and align each face first (raw photos, not crops).")]

@@ -19,7 +19,14 @@ from facetrain.config.head import (
     head_options,
     margin_warmup,
 )
-from facetrain.config.model import BACKBONE_NAMES, FACE_BACKBONES, ModelConfig, model_problems
+from facetrain.config.model import (
+    BACKBONE_NAMES,
+    FACE_BACKBONES,
+    INSIGHTFACE_NAMES,
+    ModelConfig,
+    model_problems,
+    resolve_arch,
+)
 from facetrain.config.root import (
     Config,
     all_keys,
@@ -41,6 +48,7 @@ __all__ = [
     "HEAD_OPTION_NAMES",
     "HEAD_SETTINGS",
     "HEAD_TYPES",
+    "INSIGHTFACE_NAMES",
     "MARGIN_WARMUP_EPOCHS",
     "Config",
     "DataConfig",
@@ -60,5 +68,6 @@ __all__ = [
     "load_config",
     "margin_warmup",
     "model_problems",
+    "resolve_arch",
     "resolve_config",
 ]

@@ -81,6 +81,13 @@ class HeadConfig:
         ge=0.0,
         le=100_000,
     )
+    init: Literal["random", "imprint"] = option(
+        "random",
+        "Starting class centres. random: small random vectors. imprint (needs model.init_from): each class's "
+        "centre is the normalised mean of its training images' normalised embeddings under the loaded embedder "
+        "(one pass before training, no flips; every sub-centre of subcenter_arcface; softmax: its weight row, "
+        "bias 0) (Qi et al., Low-Shot Learning with Imprinted Weights, CVPR 2018).",
+    )
     num_classes: int | None = option(
         None, "Optional check: must equal the number of training identities found.", ge=2, le=MAX_COUNT
     )
@@ -94,7 +101,7 @@ class HeadConfig:
 
 
 # Keys of HeadConfig that are not options of a head's margin rule.
-HEAD_SETTINGS = ("type", "warm_start_epochs", "margin_warmup_epochs", "num_classes", "sample_rate")
+HEAD_SETTINGS = ("type", "init", "warm_start_epochs", "margin_warmup_epochs", "num_classes", "sample_rate")
 HEAD_OPTION_NAMES = tuple(f.name for f in dataclasses.fields(HeadConfig) if f.name not in HEAD_SETTINGS)
 
 

@@ -133,8 +133,24 @@ def _cross_checks(config: Config) -> list[str]:
         check_device(train.device)
     except ConfigError as exc:
         problems.append(str(exc))
+    problems.extend(_fine_tune_problems(config))
     if train.min_lr > train.lr:
         problems.append(f"train.min_lr: {train.min_lr} is above train.lr ({train.lr})")
+    return problems
+
+
+def _fine_tune_problems(config: Config) -> list[str]:
+    problems = []
+    if config.head.init == "imprint" and not config.model.init_from:
+        problems.append(
+            "head.init: imprint sets each class centre from the embeddings of a trained embedder, and without "
+            "model.init_from the embedder is random: set model.init_from to a checkpoint, or head.init: random"
+        )
+    if config.train.freeze_embedder_epochs > config.train.epochs:
+        problems.append(
+            f"train.freeze_embedder_epochs: {config.train.freeze_embedder_epochs} is longer than train.epochs "
+            f"({config.train.epochs})"
+        )
     return problems
 
 

@@ -38,6 +38,21 @@ class TrainConfig:
     poly_power: float = option(2.0, "Exponent of the polynomial decay.", gt=0.0)
     warmup_epochs: float = option(1.0, "Linear warm-up length in epochs (may be fractional).", ge=0.0)
     min_lr: float = option(0.0, "Learning rate at the end of the decay.", ge=0.0)
+    embedder_lr_scale: float = option(
+        1.0,
+        "The embedder's learning rate is train.lr times this (the head's is train.lr), through warm-up and "
+        "decay alike; below 1 when fine-tuning from model.init_from, so a new head does not wreck a trained "
+        "embedder.",
+        gt=0.0,
+        le=1000.0,
+    )
+    freeze_embedder_epochs: int = option(
+        0,
+        "Train the head alone for this many epochs first: the embedder gets no updates and stays in eval mode "
+        "(its BatchNorm statistics frozen too), then trains with the head. For fine-tuning from model.init_from.",
+        ge=0,
+        le=100_000,
+    )
     grad_clip: float | None = option(5.0, "Max global gradient norm; null disables clipping.", gt=0.0)
     amp: Literal["auto", "bf16", "fp16", "off"] = option(
         "auto", "Mixed precision on CUDA (auto = bf16 where supported, else fp16). Always off on CPU."

@@ -1,4 +1,4 @@
-"""Deploy: export the embedder (TorchScript/ONNX with metadata), load it, verify pairs and embed folders."""
+"""Deploy: export the embedder (TorchScript/ONNX, insightface weights), import them, verify pairs, embed folders."""
 
 from facetrain.lazy import lazy_exports
 
@@ -7,6 +7,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
     {
         "embed": ("embed_folder",),
         "export": ("export_model", "verify_pair"),
-        "inputs": ("check_embed", "check_export", "check_verify", "threshold_from_eval_json"),
+        "insightface": ("export_insightface", "import_insightface"),
+        "inputs": ("check_embed", "check_export", "check_import", "check_verify", "threshold_from_eval_json"),
     },
 )

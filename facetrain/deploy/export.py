@@ -23,7 +23,7 @@ from torch import nn
 
 from facetrain.data import Aligner, Preprocess
 from facetrain.deploy.deployed import METADATA_NAME, ModelMetadata, load_exported
-from facetrain.deploy.inputs import check_export, check_verify
+from facetrain.deploy.inputs import INSIGHTFACE_FORMAT, check_export, check_verify
 from facetrain.errors import CheckpointError, ConfigError, ShapeError
 from facetrain.files import atomic_write
 from facetrain.models import load_model
@@ -89,6 +89,8 @@ def export_model(
         ShapeError: The exported model's outputs differ from the eager model's (nothing is written).
     """
     target = check_export(checkpoint, out, fmt, threshold)
+    if fmt == INSIGHTFACE_FORMAT:
+        raise ConfigError("--format insightface writes weights, not a model: use facetrain.deploy.export_insightface")
     onnx = _import_onnx() if fmt == "onnx" else None  # fail before the slow part
     loaded = load_model(checkpoint, torch.device("cpu"))
     model = NormalizedEmbedder(loaded.embedder).eval()

@@ -1,5 +1,6 @@
 """What the deploy commands are given, checked without torch: the export's format, threshold and
-target, an exported model's file, an eval JSON's threshold, and embed's folder and output.
+target, an exported model's file, an eval JSON's threshold, embed's folder and output, and import's
+architecture, weights file and target.
 
 A wrong path or option is answered before a model is loaded; the library functions make the same
 checks, so callers that skip these get the same messages.
@@ -13,14 +14,25 @@ import math
 from pathlib import Path
 from typing import NamedTuple
 
-from facetrain.checkpoint import require_checkpoint
+from facetrain.checkpoint import TORCH_FILES, require_checkpoint
+from facetrain.config import resolve_arch
 from facetrain.data import IMAGE_EXTENSIONS, find_images
-from facetrain.errors import CheckpointError, ConfigError, DataError, FacetrainError, brief
-from facetrain.files import TORCH_ARCHIVE, TORCHSCRIPT, describe, output_path, require_file, require_folder
+from facetrain.errors import CheckpointError, ConfigError, DataError, FacetrainError, OutputError, brief
+from facetrain.files import (
+    TORCH_ARCHIVE,
+    TORCHSCRIPT,
+    describe,
+    output_path,
+    require_file,
+    require_folder,
+    require_kind,
+)
 
 log = logging.getLogger("facetrain")
 
-FORMATS = ("torchscript", "onnx")
+INSIGHTFACE_FORMAT = "insightface"  # a plain state dict that insightface's get_model loads
+FORMATS = ("torchscript", "onnx", INSIGHTFACE_FORMAT)
+INSIGHTFACE_FIX = "give the backbone.pth of an insightface arcface_torch model (r18, r34, r50, r100, r200 or mbf)"
 EMBED_FORMATS = ("npz", "csv")
 EXPORTED_FIX = "give a file written by facetrain export"
 # Eval may put a threshold a hair outside the scores it saw (max score + 1e-6), so allow a little slack.
@@ -46,8 +58,28 @@ def check_export(checkpoint: str | Path, out: str | Path, fmt: str, threshold: f
     if fmt not in FORMATS:
         raise ConfigError(f"--format: unknown format '{fmt}': choose one of {', '.join(FORMATS)}")
     check_threshold(threshold, "--threshold")
+    if fmt == INSIGHTFACE_FORMAT and threshold is not None:
+        raise ConfigError("--threshold: --format insightface writes weights only, with no metadata: drop --threshold")
     require_checkpoint(checkpoint)
     return output_path(out, "--out", inputs=(checkpoint,))
+
+
+class ImportInputs(NamedTuple):
+    """What ``facetrain import`` works on, once checked."""
+
+    source: Path  # the insightface weights file
+    backbone: str  # facetrain's name of its architecture
+    out: Path  # the checkpoint to write
+
+
+def check_import(source: str | Path, arch: str, out: str | Path, overwrite: bool = False) -> ImportInputs:
+    """``facetrain import``'s architecture name, weights file and target, checked without torch."""
+    backbone = resolve_arch(arch, "--arch")
+    file = require_kind(source, CheckpointError, "--insightface weights", INSIGHTFACE_FIX, TORCH_FILES)
+    target = output_path(out, "--out", inputs=(file,))
+    if target.exists() and not overwrite:
+        raise OutputError(f"--out: '{target}' exists: give another path, or --overwrite to replace it")
+    return ImportInputs(file, backbone, target)
 
 
 def check_verify(model: str | Path, image1: str | Path, image2: str | Path, threshold: float | None) -> None:

@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from facetrain.checkpoint import load_checkpoint, require_keys
+from facetrain.checkpoint import load_checkpoint, require_head, require_keys
 from facetrain.config import config_from_dict
 from facetrain.data import FaceDataset, build_datasets, eval_loader
-from facetrain.diagnostics.reportable import require_subcenter_head
+from facetrain.diagnostics.reportable import SUBCENTER_HEAD, require_subcenter_head
 from facetrain.errors import ConfigError, DataError, ShapeError
 from facetrain.files import write_text
 from facetrain.models import build_head, load_model, load_weights
@@ -161,6 +161,8 @@ def find_outliers(
         raise ConfigError(f"--angle: must be a number of degrees in [0, 180], got {angle_threshold}")
     path = Path(checkpoint)
     state = load_checkpoint(path)
+    fix = f"the report reads the sub-centres of a head.type={SUBCENTER_HEAD} run: give a checkpoint of facetrain train"
+    require_head(state, path, "the source of an outlier report", fix)
     config = config_from_dict(state["config"], source=f"config inside '{path}'")
     require_subcenter_head(config, f"checkpoint '{path}'")
     require_keys(state, ("class_names",), path, "the source of an outlier report")

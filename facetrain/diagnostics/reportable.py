@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from facetrain.checkpoint import load_checkpoint
+from facetrain.checkpoint import load_checkpoint, require_head, resume_fix
 from facetrain.config import Config, resolve_config
 from facetrain.errors import ConfigError
 
@@ -34,7 +34,9 @@ def check_reportable(
         return config
     if resume is None:
         raise ConfigError("give a config, or a checkpoint to resume")
-    raw = copy.deepcopy(load_checkpoint(resume)["config"])
+    state = load_checkpoint(resume)
+    require_head(state, resume, "resumed", resume_fix(resume))
+    raw = copy.deepcopy(state["config"])
     config = resolve_config(raw, overrides, source=f"config inside '{resume}'")
     require_subcenter_head(config, f"checkpoint '{resume}'")
     return config

@@ -119,8 +119,9 @@ class GDCNeck(nn.Module):
         return self.layers[-1].num_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gdc, flatten, linear, norm = self.layers
-        return norm(linear(self.dropout(flatten(gdc(self.pool(x))))))
+        # Indexed, not unpacked: TorchScript (facetrain export) reads constant indices only.
+        x = self.layers[1](self.layers[0](self.pool(x)))
+        return self.layers[3](self.layers[2](self.dropout(x)))
 
     def stages(self, x: torch.Tensor) -> list[tuple[str, torch.Tensor, list[nn.Module]]]:
         """(name, output, modules holding its parameters) for each step, for ``facetrain check``."""

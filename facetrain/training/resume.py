@@ -24,7 +24,7 @@ from facetrain.config import config_to_dict
 from facetrain.errors import CheckpointError, DataError, FacetrainError
 from facetrain.runtime import rng_state, set_rng_state
 from facetrain.training import parallel
-from facetrain.training.optim import apply_hyperparameters
+from facetrain.training.optim import apply_hyperparameters, fit_saved_groups, trainer_lr_scales
 from facetrain.training.rundir import forget_previous_run
 
 log = logging.getLogger("facetrain")
@@ -108,13 +108,14 @@ class Checkpoints:
             )
         try:
             self.embedder.load_state_dict(state["embedder"])
+            optimizer = fit_saved_groups(self.optimizer, state["optimizer"])  # also the older two-group layout
             if self.sharded:  # the checkpoint holds the whole head, whatever the world size that wrote it
                 self.head.load_full_state(state["head"])
-                parallel.load_sharded_optimizer_state(self.optimizer, state["optimizer"], self.head)
+                parallel.load_sharded_optimizer_state(self.optimizer, optimizer, self.head)
             else:
                 self.head.load_state_dict(state["head"])
-                self.optimizer.load_state_dict(state["optimizer"])
-            apply_hyperparameters(self.optimizer, self.config.train)
+                self.optimizer.load_state_dict(optimizer)
+            apply_hyperparameters(self.optimizer, self.config.train, trainer_lr_scales(self.config.train))
             self.scheduler.load_state_dict(state["scheduler"])
             if state["scaler"]:
                 self.scaler.load_state_dict(state["scaler"])

@@ -31,10 +31,11 @@ from facetrain.runtime import (
 from facetrain.training import parallel
 from facetrain.training.angles import HeadWatch
 from facetrain.training.feed import Feed
+from facetrain.training.finetune import FineTune
 from facetrain.training.guard import GradientGuard
 from facetrain.training.messages import describe_head, first_sentence, format_epoch, log_parallel
 from facetrain.training.monitor import Evaluation, Monitor
-from facetrain.training.optim import WarmupDecay, build_optimizer
+from facetrain.training.optim import WarmupDecay, build_optimizer, trainer_lr_scales
 from facetrain.training.resume import Checkpoints
 from facetrain.training.rundir import (
     check_run_dir,
@@ -61,7 +62,7 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-class Trainer(Feed, Checkpoints):
+class Trainer(Feed, Checkpoints, FineTune):
     def __init__(
         self,
         config: Config,
@@ -104,6 +105,7 @@ class Trainer(Feed, Checkpoints):
         error = None
         try:
             self._cache_images()
+            self._init_head()  # after the cache, which it reads; no collectives: each rank fills its own slice
         except Exception as exc:  # the caches' own collectives settle every failure that one rank alone meets
             error = exc
         distributed.settle(error)
@@ -137,6 +139,7 @@ class Trainer(Feed, Checkpoints):
         self.data = build_datasets(cfg.data)
         self._check_num_classes()
         self.embedder = build_embedder(cfg.model, cfg.data.image_size).to(self.device)
+        self._init_embedder()  # model.init_from, in a new run
         self.memory_format = torch.preserve_format
         if use_channels_last(cfg.train.channels_last, self.device):
             self.memory_format = torch.channels_last
@@ -150,7 +153,9 @@ class Trainer(Feed, Checkpoints):
             self.head = build_head(cfg.head, cfg.model.embedding_dim, self.data.num_classes)
         self.head = self.head.to(self.device)
         self._setup_loaders()
-        self.optimizer = build_optimizer(cfg.train, [self.embedder, self.head], self.device)
+        self.optimizer = build_optimizer(
+            cfg.train, [self.embedder, self.head], self.device, trainer_lr_scales(cfg.train)
+        )
         self.param_lists = parallel.split_params(self.optimizer, self.head if self.sharded else None)
         warmup = round(cfg.train.warmup_epochs * self.steps_per_epoch)
         self.scheduler = WarmupDecay(self.optimizer, cfg.train, cfg.train.epochs * self.steps_per_epoch, warmup)
@@ -248,8 +253,7 @@ class Trainer(Feed, Checkpoints):
 
     def train_epoch(self) -> dict[str, float]:
         cfg = self.config.train
-        self.model.train()
-        self.head.train()
+        self._train_modes()  # the embedder stays in eval mode while train.freeze_embedder_epochs hold it
         self.sampler.set_epoch(self.epoch, start=self.samples_in_epoch)
         # The epoch's first step on the schedules' scale (it follows the epochs across world sizes), also when
         # resumed partway through it, so the collapse check sees the epochs an uninterrupted run sees.
@@ -338,7 +342,7 @@ class Trainer(Feed, Checkpoints):
         With ``measure``, the head's angles for this batch go to ``self.watch``.
         """
         with autocast(self.device, self.precision):
-            embeddings = self.model(images)
+            embeddings = self.embed(images)  # no autograd through a frozen embedder
         if self.sharded:
             loss, correct, angles = self.head(embeddings, labels, key, measure)
             if angles is not None:
@@ -353,7 +357,7 @@ class Trainer(Feed, Checkpoints):
     def _log_step(self, meter: Meter, grad_norm: torch.Tensor, bar: tqdm) -> None:
         stats = meter.read()
         meter.reset()
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = self.scheduler.lr  # the head's; the embedder's is train.embedder_lr_scale times it
         bar.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{lr:.2e}", img_s=f"{stats['images_per_sec']:.0f}")
         values = {
             "train/loss": stats["loss"],

@@ -290,6 +290,16 @@ def test_onnx_export_with_onnxruntime_parity(exported: Exported, tmp_path: Path)
         assert (torch.from_numpy(output) - eager(exported.embedder, images)).abs().max() <= 1e-4
 
 
+@pytest.mark.parametrize("backbone", ["iresnet18", "mobilefacenet"])
+def test_face_backbones_export_to_onnx_with_parity(tmp_path: Path, backbone: str) -> None:
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    checkpoint, _ = make_checkpoint(tmp_path, backbone)
+    result = export_model(checkpoint, tmp_path / "model.onnx", fmt="onnx")
+    assert result.parity_checked and result.max_abs_diff is not None and result.max_abs_diff <= 1e-4
+
+
 def test_onnx_without_onnxruntime_skips_parity(exported: Exported, tmp_path: Path, monkeypatch) -> None:
     pytest.importorskip("onnx")
     pytest.importorskip("onnxscript")

@@ -173,7 +173,8 @@ def test_resume_applies_changed_hyperparameters(faces, tmp_path):
     changed = tiny_config(faces, tmp_path / "run", train={"weight_decay": 0.01, "momentum": 0.5})
     resumed = make_trainer(changed, resume=tmp_path / "run" / "last.pt")
     groups = resumed.optimizer.param_groups
-    assert [(g["weight_decay"], g["momentum"]) for g in groups] == [(0.01, 0.5), (0.0, 0.5)]
+    # (embedder decayed, embedder not decayed, head decayed, head not decayed)
+    assert [(g["weight_decay"], g["momentum"]) for g in groups] == [(0.01, 0.5), (0.0, 0.5)] * 2
     assert len(resumed.optimizer.state) > 0  # the momentum buffers themselves were restored
 
 
@@ -302,3 +303,15 @@ def test_resume_names_a_head_type_change_before_the_options_it_implies():
     k3, k2 = (config_to_dict(config_from_dict({"head": {"type": "subcenter_arcface", "k": k}})) for k in (3, 2))
     with pytest.raises(CheckpointError, match="has head.k 3, config says 2, which cannot change: set head.k: 3"):
         check_resumable("last.pt", k3, k2, mid_epoch=False)
+
+
+def test_a_key_added_since_the_checkpoint_is_not_a_change_on_resume(tmp_path):
+    """A checkpoint from before train.embedder_lr_scale existed ran with its default: nothing changed."""
+    from facetrain.checkpoint import check_resumable
+    from facetrain.config import config_to_dict
+
+    current = config_to_dict(tiny_config(tmp_path / "faces", tmp_path / "run"))
+    saved = {**current, "train": {k: v for k, v in current["train"].items() if k != "embedder_lr_scale"}}
+    assert check_resumable("last.pt", saved, current, mid_epoch=False) == []
+    changed = {**current, "train": {**current["train"], "embedder_lr_scale": 0.5}}
+    assert check_resumable("last.pt", saved, changed, mid_epoch=False) == ["train.embedder_lr_scale: 1.0 -> 0.5"]
