@@ -39,8 +39,8 @@ settings is skipped, so an interrupted comparison continues where it stopped (``
 
 Usage (from the repository root), the full protocol (about 4 hours of a 2-core CPU, more while shared):
   .venv/bin/python scripts/compare_backbones.py
-A reduced run (what the README table on a 2-core CPU ran; see the JSON's settings):
-  .venv/bin/python scripts/compare_backbones.py --images-per-identity 12 --seeds 0 1
+The reduced run of the table measured on a 2-core CPU (seed 0 only: all it had time for; see the JSON's settings):
+  python scripts/compare_backbones.py --images-per-identity 6 --seeds 0 --backbones iresnet18 mobilefacenet resnet18
 Just the parameter and multiply-add counts:
   .venv/bin/python scripts/compare_backbones.py --cost-only --backbones resnet18 iresnet18 iresnet50 mobilefacenet
 """

@@ -142,8 +142,9 @@ def main() -> None:
     print("\n" + table)
     goal = None
     if {"scratch", "finetune"} <= set(rows) and {3, 10} <= set(args.epoch_list):
-        goal = mean(rows["finetune"][3], "accuracy") > mean(rows["scratch"][10], "accuracy")
-        print(f"\nfine-tune at 3 epochs beats scratch at 10: {'yes' if goal else 'no'}")
+        tuned, scratch = mean(rows["finetune"][3], "accuracy"), mean(rows["scratch"][10], "accuracy")
+        goal = None if tuned is None or scratch is None else tuned > scratch
+        print(f"\nfine-tune at 3 epochs beats scratch at 10: {goal}")
     settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
     _compare.write_json(
         args.json,

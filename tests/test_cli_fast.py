@@ -90,7 +90,7 @@ CASES = [
     (["export", "--checkpoint", "{i}/archive.pt", "--out", "{i}/m.pt", "--format", "zip"], "--format: unknown format"),
     (["export", "--checkpoint", "{i}/archive.pt", "--out", "{i}/m.pt", "--threshold", "3"], "outside [-1, 1]"),
     ([*TO_INSIGHTFACE, "--threshold", "0.3"], "--threshold: --format insightface writes weights only"),
-    ([*TO_INSIGHTFACE, "--parity-images", "{i}/faces"], "--threshold-from and --parity-images apply to torchscript"),
+    ([*TO_INSIGHTFACE, "--parity-images", "{i}/faces"], "--parity-images applies to torchscript and onnx exports"),
     ([*IMPORT, "--arch", "r51", "--out", "{i}/x.pt"], "--arch: unknown architecture 'r51'"),
     ([*IMPORT, "--arch", "r50", "--out", "{i}/x.pt", "--embedding-dim", "1"], "--embedding-dim"),
     (["embed", "--images", "{i}/faces", "--out", "{i}/e.npz"], "give exactly one of --checkpoint or --model"),

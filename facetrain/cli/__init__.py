@@ -18,7 +18,7 @@ from facetrain import __version__
 from facetrain.cli import data, deploy, diagnostics, evaluation, training
 
 app = typer.Typer(
-    help="Face-recognition training: torchvision embedder + margin head (ArcFace and its family).",
+    help="Face-recognition training: an IResNet, MobileFaceNet or torchvision embedder and an ArcFace-family head.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

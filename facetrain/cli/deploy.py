@@ -47,10 +47,13 @@ def export_command(
     if threshold is not None and threshold_from is not None:
         raise typer.BadParameter("give --threshold or --threshold-from, not both")
     if out_format == "insightface":
-        if threshold_from is not None or parity_images is not None:
+        given = [name for name, value in (("--threshold-from", threshold_from), ("--parity-images", parity_images))
+                 if value is not None]  # fmt: skip
+        if given:
+            them = " and ".join(given)
             raise ConfigError(
-                "--threshold-from and --parity-images apply to torchscript and onnx exports; --format insightface "
-                "writes weights only: drop them"
+                f"{them} appl{'y' if len(given) > 1 else 'ies'} to torchscript and onnx exports; --format insightface "
+                f"writes weights only: drop {'them' if len(given) > 1 else 'it'}"
             )
         _export_insightface(checkpoint, out, threshold)
         return
@@ -94,7 +97,7 @@ def _export_insightface(checkpoint: Path, out: Path, threshold: float | None) ->
     )
     typer.echo(
         f'load it with insightface\'s arcface_torch: get_model("{result.insightface_name}", '
-        f'num_features={result.embedding_dim}).load_state_dict(torch.load("{result.path}"))'
+        f'num_features={result.embedding_dim}).load_state_dict(torch.load("{result.path}", weights_only=True))'
     )
 
 

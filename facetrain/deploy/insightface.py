@@ -75,7 +75,7 @@ def export_insightface(checkpoint: str | Path, out: str | Path) -> InsightfaceEx
     """Writes the checkpoint's embedder as a state dict that insightface's ``get_model`` loads strictly.
 
     Raises:
-        ConfigError: A torchvision backbone, or a model trained on another input size than 112 px.
+        ConfigError: A torchvision backbone, or a model trained on another input than whole 112 px faces.
         ShapeError: The written file, imported again, gives other embeddings (nothing is written).
     """
     target = check_export(checkpoint, out, INSIGHTFACE_FORMAT, None)
@@ -85,6 +85,13 @@ def export_insightface(checkpoint: str | Path, out: str | Path) -> InsightfaceEx
         raise ConfigError(
             f"--format insightface: checkpoint '{checkpoint}' has a {backbone} backbone, which insightface does not "
             f"build (it builds {', '.join(INSIGHTFACE_NAMES)}): export it with --format torchscript or onnx"
+        )
+    crop = loaded.config.data.center_crop
+    if crop is not None:
+        raise ConfigError(
+            f"--format insightface: checkpoint '{checkpoint}' was trained on centre-cropped images "
+            f"(data.center_crop {crop}), and insightface's tools feed whole aligned {INPUT_SIZE} px faces: export it "
+            "with --format torchscript or onnx, which keep the crop in their metadata"
         )
     if size != INPUT_SIZE:
         raise ConfigError(

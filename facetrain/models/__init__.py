@@ -10,7 +10,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
         "head_math": ("angle", "rival_cosines"),
         "heads": ("MarginHead", "adacos_scale", "build_head"),
         "insightface": ("embedder_from_insightface", "insightface_name", "insightface_state_dict"),
-        "loading": ("load_model", "load_weights"),
+        "loading": ("first_mismatch", "load_model", "load_weights"),
         "sharded": ("ROW_KEYS", "ShardedHead"),
     },
 )

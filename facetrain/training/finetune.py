@@ -25,8 +25,9 @@ from facetrain.checkpoint import load_checkpoint
 from facetrain.config import Config, ModelConfig
 from facetrain.data import as_batch, model_input, quiet_worker
 from facetrain.errors import CheckpointError, ConfigError
-from facetrain.models import ShardedHead, load_weights
+from facetrain.models import ShardedHead, first_mismatch, load_weights
 from facetrain.runtime import autocast
+from facetrain.training.preflight import check_init_from_place
 
 log = logging.getLogger("facetrain")
 
@@ -34,36 +35,52 @@ log = logging.getLogger("facetrain")
 _SHAPE_KEYS = ("backbone", "embedding_dim", "pool_size")
 
 
-def load_init_embedder(embedder: nn.Module, config: Config) -> None:
-    """Loads the embedder of the checkpoint at ``model.init_from`` into ``embedder`` (weights only).
-
-    Its backbone and embedding size must be this config's; another image size is allowed and said.
-    """
+def read_init_from(config: Config) -> dict[str, Any]:
+    """The checkpoint at ``model.init_from``, once its backbone and embedding size are known to be this
+    config's (read before the data, so a mismatch costs no dataset scan). Its tensors stay memory-mapped:
+    a trained run's head is never read."""
     path = Path(str(config.model.init_from))
     try:
-        state = load_checkpoint(path, mmap=True)  # a trained run's head stays in the file: only the embedder is read
+        state = load_checkpoint(path, mmap=True)
     except CheckpointError as exc:
         raise CheckpointError(f"model.init_from: {exc}") from None
-    saved = state["config"]
-    saved_model, saved_data = saved.get("model"), saved.get("data")
+    saved_model, saved_data = state["config"].get("model"), state["config"].get("data")
     if not isinstance(saved_model, dict) or not isinstance(saved_data, dict):
         raise CheckpointError(f"model.init_from: checkpoint '{path}' has no model or data section in its config")
     defaults = ModelConfig()
     theirs = {key: saved_model.get(key, getattr(defaults, key)) for key in _SHAPE_KEYS}
-    ours = {key: getattr(config.model, key) for key in _SHAPE_KEYS}
     for key in _SHAPE_KEYS:
-        if theirs[key] != ours[key]:
+        if theirs[key] != getattr(config.model, key):
             raise ConfigError(
-                f"model.init_from: '{path}' holds {_describe(theirs)}; this config has model.{key}={ours[key]}: "
-                f"set model.{key}: {theirs[key]} (a fine-tune keeps the embedder's architecture)"
+                f"model.init_from: '{path}' holds {_describe(theirs)}; this config has model.{key}="
+                f"{getattr(config.model, key)}: set model.{key}: {theirs[key]} (a fine-tune keeps the embedder's "
+                "architecture)"
             )
-    load_weights(embedder, state, "embedder", path)
-    _say_input_changes(path, saved_data, config)
+    return state
+
+
+def load_init_embedder(embedder: nn.Module, config: Config, state: dict[str, Any] | None = None) -> None:
+    """Loads the embedder of the checkpoint at ``model.init_from`` (``state``, when read already) into
+    ``embedder``. Another image size or crop than the checkpoint's is allowed and said."""
+    path = Path(str(config.model.init_from))
+    state = read_init_from(config) if state is None else state
+    try:
+        load_weights(embedder, state, "embedder", path)
+    except CheckpointError as exc:
+        reason = first_mismatch(embedder.state_dict(), state["embedder"])
+        if reason == "unknown difference":  # the weights fit; they hold NaN (the message says so)
+            raise CheckpointError(f"model.init_from: {exc}") from None
+        raise CheckpointError(
+            f"model.init_from: checkpoint '{path}': its embedder weights do not fit the {config.model.backbone} its "
+            f"own config names ({reason}): the file was altered since it was written; use another checkpoint"
+        ) from None
+    _say_input_changes(path, state["config"]["data"], config)
+    model = {key: getattr(config.model, key) for key in _SHAPE_KEYS}
     source = state.get("origin", {}).get("kind") if isinstance(state.get("origin"), dict) else None
     trained = f"imported from {source} weights" if source else f"trained {state.get('step', '?')} steps"
     log.info(
         "model.init_from: the embedder of %s (%s, %s) starts this run; the head is new (head.init=%s)",
-        path, _describe(theirs), trained, config.head.init,
+        path, _describe(model), trained, config.head.init,
     )  # fmt: skip
 
 
@@ -148,14 +165,28 @@ class _Unflipped:
         return len(self.indices)
 
 
+# Sub-centres after the first start about this far (the norm of a random offset to a unit centre, so about
+# 3 degrees) from their class mean: identical sub-centres would tie under Sub-center ArcFace's max, and only
+# the first would receive gradients at first.
+SUBCENTER_SPREAD = 0.05
+
+
 @torch.no_grad()
-def imprint(head: nn.Module, means: torch.Tensor, counts: torch.Tensor) -> int:
-    """Sets each class centre (every sub-centre; softmax: its weight row, bias 0) of ``head`` to its row of
-    ``means`` (E, D), the head's own classes in order; classes without images keep theirs. Returns how many."""
-    weight, bias, per_class, _ = center_rows(head)
+def imprint(head: nn.Module, means: torch.Tensor, counts: torch.Tensor, seed: int = 0) -> int:
+    """Sets each class centre of ``head`` to its row of ``means`` (E, D), the head's own classes in order;
+    classes without images keep theirs. Softmax: its weight row, bias 0. Sub-center ArcFace: the first
+    sub-centre is the mean, the others the mean plus a small seeded spread. Returns how many classes."""
+    weight, bias, per_class, first = center_rows(head)
     found = counts > 0
     rows = found.repeat_interleave(per_class)
-    weight[rows] = means[found].repeat_interleave(per_class, dim=0).to(weight.dtype)
+    centres = means[found].repeat_interleave(per_class, dim=0).float()  # (n * K, D)
+    if per_class > 1:
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + first)
+        spread = torch.randn(centres.shape, generator=generator).to(centres.device)
+        spread *= SUBCENTER_SPREAD / centres.shape[1] ** 0.5
+        spread.view(-1, per_class, centres.shape[1])[:, 0] = 0.0  # the first sub-centre: the mean itself
+        centres = F.normalize(centres + spread, dim=1)
+    weight[rows] = centres.to(weight.dtype)
     if bias is not None:
         bias[found] = 0.0
     return int(found.sum())
@@ -176,11 +207,20 @@ class FineTune:
     epoch: int
     batch_in_epoch: int
     resume_path: Path | None
+    init_state: dict[str, Any] | None
+
+    def _read_init_from(self) -> None:
+        """``model.init_from``'s checkpoint, in a new run only, checked against this config before the data."""
+        self.init_state = None
+        if self.config.model.init_from and self.resume_path is None:
+            check_init_from_place(self.config)
+            self.init_state = read_init_from(self.config)
 
     def _init_embedder(self) -> None:
         """``model.init_from``, in a new run only; says the embedder's learning rate when it is not the head's."""
-        if self.config.model.init_from and self.resume_path is None:
-            load_init_embedder(self.embedder, self.config)
+        if self.init_state is not None:
+            load_init_embedder(self.embedder, self.config, self.init_state)
+            self.init_state = None  # the memory-mapped file is closed once nothing refers to it
         train = self.config.train
         if train.embedder_lr_scale != 1.0 and self.main:
             log.info(
@@ -201,7 +241,7 @@ class FineTune:
             self.embedder, self.images, classes, self.config.eval.batch_size, workers, self.device, self.precision,
             self.memory_format,
         )  # fmt: skip
-        done = imprint(self.head, means, counts)
+        done = imprint(self.head, means, counts, self.config.seed)
         if self.main:
             slice_note = f" (this process's slice, classes {classes[0]}..{classes[1] - 1})" if self.sharded else ""
             log.info(

@@ -30,10 +30,23 @@ def check_inputs(config: Config, resume: Path | None = None, overwrite: bool = F
     for spec in config.eval.sets:
         require_pairs_file(spec.pairs)
     if config.model.init_from and resume is None:
+        check_init_from_place(config)
         try:
             require_checkpoint(config.model.init_from)
         except CheckpointError as exc:
             raise CheckpointError(f"model.init_from: {exc}") from None
+
+
+def check_init_from_place(config: Config) -> None:
+    """Refuses a ``model.init_from`` inside ``run_dir``: the new run's own last.pt and best.pt (or --overwrite,
+    which clears the folder) would replace the checkpoint it starts from."""
+    source, run_dir = Path(str(config.model.init_from)).resolve(), Path(config.run_dir).resolve()
+    if run_dir in source.parents:
+        raise ConfigError(
+            f"model.init_from: '{config.model.init_from}' is inside run_dir '{config.run_dir}', where this new run "
+            "writes its own last.pt and best.pt (and --overwrite clears the folder): set run_dir to another folder, "
+            "or move the checkpoint out of it"
+        )
 
 
 def check_fine_tune(config: Config, resume: str | Path | None) -> None:

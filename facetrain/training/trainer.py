@@ -136,6 +136,7 @@ class Trainer(Feed, Checkpoints, FineTune):
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
         seed_everything(cfg.seed)
+        self._read_init_from()  # model.init_from's architecture, before the data is scanned
         self.data = build_datasets(cfg.data)
         self._check_num_classes()
         self.embedder = build_embedder(cfg.model, cfg.data.image_size).to(self.device)

@@ -12,7 +12,8 @@ from facetrain.models.heads import ArcFace
 
 runner = CliRunner()
 DEMO = str(REPO / "configs" / "demo.yaml")
-R50 = str(REPO / "configs" / "r50.yaml")
+R50 = str(REPO / "configs" / "r50.yaml")  # the field's r50: iresnet50
+RESNET50 = str(REPO / "configs" / "resnet50.yaml")  # torchvision's
 
 
 def check(*args: str):
@@ -34,6 +35,11 @@ def test_r50_on_any_dataset(tmp_path):
     result = check("--config", R50, "--set", f"data.root={ORL}", "--set", "train.batch_size=64")
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith(
+        "input 3×112×112 → backbone 512×7×7 → pool 512×7×7 → flatten 25088 → projection 512 → head 40"
+    )
+    result = check("--config", RESNET50, "--set", f"data.root={ORL}", "--set", "train.batch_size=64")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(
         "input 3×112×112 → backbone 2048×4×4 → pool 2048×1×1 → flatten 2048 → projection 512 → head 40"
     )
 
@@ -44,8 +50,9 @@ def test_every_problem_gets_its_own_line(tmp_path):
     pairs = tmp_path / "pairs.txt"
     pairs.write_text("id00/img00.png id09/img00.png 0\n")
     result = check(
-        "--config", R50, "--set", f"data.root={faces}", "--set", "model.pool_size=8", "--set", "head.num_classes=10",
-        "--set", f"eval.sets=[{{pairs: {pairs}, images: {faces}}}]", "--set", "train.batch_size=8",
+        "--config", RESNET50, "--set", f"data.root={faces}", "--set", "model.pool_size=8",
+        "--set", "head.num_classes=10", "--set", f"eval.sets=[{{pairs: {pairs}, images: {faces}}}]",
+        "--set", "train.batch_size=8",
     )  # fmt: skip
     assert result.exit_code == 2
     problems = [line for line in result.stderr.splitlines() if line.startswith("problem: ")]

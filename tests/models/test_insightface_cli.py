@@ -157,6 +157,17 @@ def test_export_insightface_refuses_a_torchvision_backbone(tmp_path):
     assert not (tmp_path / "b.pth").exists()
 
 
+def test_export_insightface_refuses_a_centre_cropped_run(tmp_path):
+    """insightface's tools feed whole aligned faces: a model trained on crops would be fed the wrong input."""
+    raw = {"model": {"backbone": "mobilefacenet", "embedding_dim": 8}, "data": {"image_size": 112, "center_crop": 0.9}}
+    config = config_from_dict(raw)
+    state = {"config": config_to_dict(config), "embedder": build_embedder(config.model, 112).state_dict()}
+    checkpoint = save_checkpoint(state, tmp_path / "m.pt")
+    code, said = invoke("export", "--format", "insightface", "--checkpoint", checkpoint, "--out", tmp_path / "b.pth")
+    assert code == 2 and "was trained on centre-cropped images (data.center_crop 0.9)" in said, said
+    assert not (tmp_path / "b.pth").exists()
+
+
 def test_import_of_a_file_without_weights_is_one_line(tmp_path):
     source = tmp_path / "archive.pt"
     torch.save({"epoch": torch.tensor(3), "note": "no weights"}, source)
