@@ -124,9 +124,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     device = resolve_device(args.device)
-    base = config_from_dict(base_config(args), source="source")
+    base_raw = base_config(args)
+    base = config_from_dict(base_raw, source="source")
     yale = _compare.write_holdout_pairs(base.data, args.out, args.pairs_per_fold, args.pairs_seed)
-    source = run(args, base_config(args), "source (Yale B)", yale[:2])
+    source = run(args, base_raw, "source (Yale B)", yale[:2])
     source_checkpoint = Path(base.run_dir) / "last.pt"
     orl = (ORL_PAIRS, ORL_IMAGES)
     start = score(source_checkpoint, device)

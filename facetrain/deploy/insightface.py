@@ -23,9 +23,16 @@ from facetrain.config import INSIGHTFACE_NAMES, config_from_dict, config_to_dict
 from facetrain.deploy.inputs import INSIGHTFACE_FIX, INSIGHTFACE_FORMAT, check_export, check_import
 from facetrain.errors import CheckpointError, ConfigError, ShapeError
 from facetrain.files import atomic_write
-from facetrain.models import embedder_from_insightface, insightface_name, insightface_state_dict, load_model
+from facetrain.models import (
+    INSIGHTFACE_INPUT_SIZE as INPUT_SIZE,
+)
+from facetrain.models import (
+    embedder_from_insightface,
+    insightface_name,
+    insightface_state_dict,
+    load_model,
+)
 
-INPUT_SIZE = 112  # what insightface's networks are trained on and take
 EXACT = 1e-6  # float32 rounding at most; in practice the difference is 0
 
 

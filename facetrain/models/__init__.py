@@ -9,7 +9,12 @@ __getattr__, __dir__, __all__ = lazy_exports(
         "embedder": ("build_embedder",),
         "head_math": ("angle", "rival_cosines"),
         "heads": ("MarginHead", "adacos_scale", "build_head"),
-        "insightface": ("embedder_from_insightface", "insightface_name", "insightface_state_dict"),
+        "insightface": (
+            "INSIGHTFACE_INPUT_SIZE",
+            "embedder_from_insightface",
+            "insightface_name",
+            "insightface_state_dict",
+        ),
         "loading": ("first_mismatch", "load_model", "load_weights"),
         "sharded": ("ROW_KEYS", "ShardedHead"),
     },

@@ -23,7 +23,7 @@ from facetrain.models.loading import first_mismatch
 from facetrain.models.mobilefacenet import SCALE
 
 MOBILEFACENET = "mobilefacenet"
-INPUT_SIZE = 112  # insightface's networks take aligned 112x112 crops; their fc flattens the 7x7 map
+INSIGHTFACE_INPUT_SIZE = 112  # insightface's networks take aligned 112x112 crops; their fc flattens the 7x7 map
 IRESNET_NECK = ("bn2.", "fc.", "features.")
 MBF_NECK = "features."
 # The Linear whose rows are the embedding: (D, 512*7*7) in IResNet, (D, 512) in MobileFaceNet.
@@ -152,7 +152,7 @@ def embedder_from_insightface(
     state = unwrap(raw, source)
     check_arch(state, backbone, source)
     dim = embedding_size(state, backbone, embedding_dim, source)
-    embedder = build_embedder(_model_config(backbone, dim, source), INPUT_SIZE)
+    embedder = build_embedder(_model_config(backbone, dim, source), INSIGHTFACE_INPUT_SIZE)
     expected = insightface_state_dict(embedder, backbone)
     needed = {key: value for key, value in expected.items() if key in state or not key.endswith(_COUNTER)}
     shapes_differ = any(tuple(state[key].shape) != tuple(value.shape) for key, value in needed.items() if key in state)
