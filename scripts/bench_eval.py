@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from facetrain.config import ModelConfig
 from facetrain.data.identities import scan_identities
 from facetrain.data.preprocess import Preprocess
-from facetrain.evaluation.evaluate import embed_pairs_images, report_pairs
+from facetrain.evaluation.embedding import embed_pairs_images
+from facetrain.evaluation.evaluate import report_pairs
 from facetrain.evaluation.pairs import PairList
 from facetrain.models import build_embedder
 from facetrain.runtime import resolve_device, resolve_precision

@@ -129,3 +129,15 @@ def write_records(rec: Path, records: list[tuple[int, bytes]]) -> Path:
         for key, payload in records:
             writer.write(key, payload)
     return rec
+
+
+@pytest.fixture(scope="module")
+def orl_checkpoint(tmp_path_factory) -> Path:
+    """An (untrained) checkpoint of the demo's shape at 32 px: eval only needs weights and config."""
+    from facetrain.training.trainer import Trainer
+
+    run = tmp_path_factory.mktemp("orl") / "run"
+    cfg = tiny_config(ORL, run, data={"val_identities": 10, "image_size": 32}, model={"embedding_dim": 32})
+    trainer = Trainer(cfg, progress=False)
+    trainer.setup()
+    return trainer.save()

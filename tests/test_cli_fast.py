@@ -81,7 +81,13 @@ IMPORT = ["import", "--insightface", "{i}/archive.pt"]
 CASES = [
     # Bad options: typer's own usage errors, and the ones a command checks itself.
     (["train", "--no-such-option"], "No such option"),
-    (["eval"], "Missing option '--checkpoint'"),
+    (["eval"], "give the model to score: --checkpoint RUN/best.pt or --model FILE"),
+    (["eval", "--ijb", "{i}/nowhere", "--features", "{i}/notes.txt"], "{i}/nowhere"),
+    (["eval", "--ijb", "{i}", "--features", "{i}/notes.txt", "--target", "IJBA"], "unknown IJB target 'IJBA'"),
+    (["eval", "--ijb", "{i}", "--features", "{i}/notes.txt"], "{i}/meta"),
+    (["eval", "--ijb", "{i}", "--protocol", "1:1", "--features", "{i}/notes.txt"], "unknown protocol '1:1'"),
+    (["eval", "--checkpoint", "{i}/archive.pt", "--suite", "{i}/empty"], "--suite"),
+    (["eval", "--checkpoint", "{i}/archive.pt", "--features", "{i}/notes.txt"], "--features goes with --ijb"),
     (["train"], "give --config FILE, or --resume CHECKPOINT"),
     (["train", "--config", "{i}/good.yaml", "--outlier-angle", "30"], "--outlier-angle applies to --report-outliers"),
     (["train", "--config", "{i}/good.yaml", "--nproc-per-node", "two"], "--nproc-per-node: expected a number"),

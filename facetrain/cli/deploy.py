@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from facetrain.cli.boundary import error_boundary
+from facetrain.cli.options import ChannelsOption, InputSizeOption, LayoutOption, MeanOption, StdOption
 from facetrain.errors import ConfigError, DataError
 
 
@@ -146,7 +147,10 @@ AlignSize = Annotated[
 
 @error_boundary
 def verify_command(
-    model: Annotated[Path, typer.Argument(help="A TorchScript model written by facetrain export.")],
+    model: Annotated[
+        Path,
+        typer.Argument(help="A TorchScript or ONNX embedder: facetrain's export, or a foreign one (see --input-size)."),
+    ],
     image1: Annotated[Path, typer.Argument(help="First face image.")],
     image2: Annotated[Path, typer.Argument(help="Second face image.")],
     threshold: Annotated[
@@ -154,21 +158,29 @@ def verify_command(
     ] = None,
     align: AlignFlag = False,
     align_size: AlignSize = "112",
+    input_size: InputSizeOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
+    channels: ChannelsOption = None,
+    layout: LayoutOption = None,
 ) -> None:
-    """Cosine score of two face images with an exported model, and same/different at a threshold.
+    """Cosine score of two face images with a model file, and same/different at a threshold.
 
+    The model is facetrain's export (it carries its preprocessing and maybe a threshold), or a foreign
+    TorchScript or ONNX embedder fed as --input-size, --mean, --std, --channels and --layout say.
     With --align, each image is a raw photo: its face is detected and aligned onto the ArcFace crop
     (112x112, or --align-size), then gets the model's preprocessing.
 
     Example: facetrain verify runs/demo/model.pt facetrain/assets/orl/s1/1.pgm facetrain/assets/orl/s1/2.pgm
     """
-    from facetrain.deploy import check_verify
+    from facetrain.deploy import InputOptions, check_verify
 
     crop = _align(align, align_size)
-    check_verify(model, image1, image2, threshold)
+    inputs = InputOptions(input_size, mean, std, channels, layout)
+    check_verify(model, image1, image2, threshold, inputs)
     from facetrain.deploy import verify_pair
 
-    result = verify_pair(model, image1, image2, threshold, align=crop)
+    result = verify_pair(model, image1, image2, threshold, align=crop, inputs=inputs)
     typer.echo(f"score: {result.score:.4f}")
     if result.same is None:
         typer.echo("no threshold: pass --threshold, or export with --threshold-from EVAL_JSON")
@@ -183,7 +195,10 @@ def embed_command(
     images: Annotated[Path, typer.Option("--images", help="Folder of images: flat, or one sub-folder per identity.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output file (.npz, or .csv with --format csv).")],
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="A facetrain training checkpoint.")] = None,
-    model: Annotated[Path | None, typer.Option("--model", help="An exported TorchScript model.")] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", help="A TorchScript or ONNX embedder: facetrain's export, or a foreign one."),
+    ] = None,
     out_format: Annotated[str, typer.Option("--format", help="npz or csv.")] = "npz",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=65_536, help="Images per batch.")] = 64,
     workers: Annotated[int, typer.Option("--workers", min=0, max=256, help="DataLoader worker processes.")] = 2,
@@ -191,27 +206,35 @@ def embed_command(
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = None,
     align: AlignFlag = False,
     align_size: AlignSize = "112",
+    input_size: InputSizeOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
+    channels: ChannelsOption = None,
+    layout: LayoutOption = None,
 ) -> None:
     """Embed every image of a folder: L2-normalised embeddings, relative paths and identity labels.
 
-    Exit code 3 when some files could not be read (they are listed and skipped). With --align, each
-    image is a raw photo whose face is detected and aligned first; photos without one are skipped.
+    --model takes facetrain's export, or a foreign TorchScript or ONNX embedder fed as --input-size,
+    --mean, --std, --channels and --layout say. Exit code 3 when some files could not be read (they
+    are listed and skipped). With --align, each image is a raw photo whose face is detected and
+    aligned first; photos without one are skipped.
 
     Example: facetrain embed --checkpoint runs/demo/best.pt --images facetrain/assets/orl --out orl.npz
     """
     from facetrain.config import check_device
-    from facetrain.deploy import check_embed
+    from facetrain.deploy import InputOptions, check_embed
 
     crop = _align(align, align_size)
     check_device(device, "--device")
-    checked = check_embed(images, out, checkpoint, model, out_format)  # before the model, and torch
+    inputs = InputOptions(input_size, mean, std, channels, layout)
+    checked = check_embed(images, out, checkpoint, model, out_format, inputs)  # before the model, and torch
     from facetrain.deploy import embed_folder
     from facetrain.runtime import resolve_device
 
     result = embed_folder(
         images, out, checkpoint=checkpoint, model=model, fmt=out_format, batch_size=batch_size,
         device=resolve_device(device, "--device"), num_workers=workers,
-        progress=sys.stderr.isatty() if progress is None else progress, align=crop, checked=checked,
+        progress=sys.stderr.isatty() if progress is None else progress, align=crop, checked=checked, inputs=inputs,
     )  # fmt: skip
     for path, reason in result.skipped:
         typer.echo(f"skipped: {path}: {reason}", err=True)

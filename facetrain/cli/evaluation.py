@@ -8,11 +8,24 @@ from typing import Annotated
 import typer
 
 from facetrain.cli.boundary import error_boundary
+from facetrain.cli.eval_runs import EvalRequest, IjbOptions, ModelInput, run_ijb_command, run_pairs_command
+from facetrain.cli.options import (
+    ChannelsOption,
+    InputSizeOption,
+    LayoutOption,
+    MeanOption,
+    ModelFileOption,
+    StdOption,
+)
+from facetrain.errors import ConfigError
 
 
 @error_boundary
 def eval_command(
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A last.pt or best.pt from facetrain train.")],
+    checkpoint: Annotated[
+        Path | None, typer.Option("--checkpoint", help="A last.pt or best.pt from facetrain train.")
+    ] = None,
+    model: ModelFileOption = None,
     pairs: Annotated[
         list[Path] | None,
         typer.Option("--pairs", help="Pairs file: LFW pairs.txt, a `path1 path2 label` list or a .bin (repeatable)."),
@@ -21,6 +34,32 @@ def eval_command(
         Path | None, typer.Option("--images", help="Image root the --pairs files refer to (default: their folder).")
     ] = None,
     pairs_format: Annotated[str, typer.Option("--format", help="auto, lfw, list or bin.")] = "auto",
+    suite: Annotated[
+        Path | None, typer.Option("--suite", help="Folder of insightface .bin sets (lfw, cfp_fp, agedb_30, ...).")
+    ] = None,
+    ijb: Annotated[
+        Path | None, typer.Option("--ijb", help="IJB-B/IJB-C folder as released: meta/ and loose_crop/.")
+    ] = None,
+    target: Annotated[str | None, typer.Option("--target", help="With --ijb: IJBC (default) or IJBB.")] = None,
+    protocol: Annotated[
+        str | None, typer.Option("--protocol", help="With --ijb: 11 (1:1 verification, default) or 1n (1:N).")
+    ] = None,
+    norm: Annotated[
+        bool | None,
+        typer.Option("--norm/--no-norm", help="With --ijb: keep each image feature's norm as a weight (default)."),
+    ] = None,
+    detector_score: Annotated[
+        bool | None,
+        typer.Option(
+            "--detector-score/--no-detector-score", help="With --ijb: weight images by detector score (default)."
+        ),
+    ] = None,
+    features: Annotated[
+        Path | None, typer.Option("--features", help="With --ijb: score these N x D image features (.npy).")
+    ] = None,
+    save_features: Annotated[
+        Path | None, typer.Option("--save-features", help="With --ijb: write the image features here (.npy).")
+    ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="Use this config's eval section (default: the checkpoint's).")
     ] = None,
@@ -37,42 +76,50 @@ def eval_command(
         bool | None, typer.Option("--flip/--no-flip", help="Headline with flip fusion (default: eval.flip).")
     ] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, max=65_536, help="Images per batch.")] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=0, max=256, help="Loader processes (default: data.num_workers).")
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write every number, per fold too, here.")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write the ROC and score histograms as PNG.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    input_size: InputSizeOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
+    channels: ChannelsOption = None,
+    layout: LayoutOption = None,
 ) -> None:
-    """Verification accuracy (k-fold), ROC AUC, EER and TAR@FAR of a checkpoint on pairs lists.
+    """Verification accuracy (k-fold), ROC AUC, EER and TAR@FAR on pairs lists; the .bin suite in one
+    table (--suite); IJB-B/IJB-C 1:1 and 1:N (--ijb). Scores a checkpoint, an export or a foreign model.
 
     Example: facetrain eval --checkpoint runs/demo/best.pt --pairs facetrain/assets/orl_holdout_pairs.txt
     --images facetrain/assets/orl --plot runs/demo/eval.png
     """
-    from facetrain.checkpoint import require_checkpoint
-    from facetrain.config import check_device, check_overrides, load_config
-    from facetrain.evaluation import read_pairs_files
-    from facetrain.files import output_path
+    from facetrain.config import check_device
 
     check_device(device, "--device")
-    cfg = load_config(config, list(set_ or [])) if config is not None else None
-    if cfg is None:
-        check_overrides(list(set_ or []))  # the keys now; the checkpoint's config, once it is read
-    require_checkpoint(checkpoint)
-    for path, option in ((json_out, "--json"), (plot, "--plot")):
-        if path is not None:
-            output_path(path, option, inputs=(checkpoint, *(pairs or [])))  # before the embedding, not after
-    pair_lists = read_pairs_files(list(pairs or []), images, pairs_format)  # before torch and the checkpoint
-    from facetrain.evaluation import format_report, run_eval, write_json, write_plots
-    from facetrain.runtime import resolve_device
-
-    reports = run_eval(
-        checkpoint, pair_lists, cfg, overrides=[] if cfg else list(set_ or []),
-        device=resolve_device(device, "--device"), folds=folds, flip=flip, batch_size=batch_size,
+    request = EvalRequest(
+        checkpoint, model, ModelInput(input_size, mean, std, channels, layout), config, list(set_ or []),
+        device, batch_size, workers, json_out, plot,
     )  # fmt: skip
-    typer.echo("\n\n".join(format_report(report) for report in reports))
-    if json_out is not None:
-        typer.echo(f"json: {write_json(reports, json_out, checkpoint)}")
-    if plot is not None:
-        for path in write_plots(reports, plot):
-            typer.echo(f"plot: {path}")
+    if ijb is not None:
+        if pairs or suite is not None:
+            raise ConfigError("--ijb scores the IJB protocol alone: drop --pairs and --suite")
+        ijb_options = IjbOptions(
+            ijb, target or "IJBC", protocol or "11", norm is not False, detector_score is not False, features,
+            save_features,
+        )  # fmt: skip
+        run_ijb_command(request, ijb_options)
+        return
+    ijb_only = {
+        "--target": target, "--protocol": protocol, "--features": features, "--save-features": save_features,
+        "--norm/--no-norm": norm, "--detector-score/--no-detector-score": detector_score,
+    }  # fmt: skip
+    for option, value in ijb_only.items():
+        if value is not None:
+            raise ConfigError(f"{option} goes with --ijb ROOT")
+    if suite is not None and pairs:
+        raise ConfigError("give --pairs or --suite, not both")
+    run_pairs_command(request, pairs or [], images, pairs_format, suite, folds, flip)
 
 
 @error_boundary
@@ -96,6 +143,6 @@ def pairs_command(
     from facetrain.evaluation import write_pairs_file
 
     if (root is None) == (config is None):
-        raise typer.BadParameter("give exactly one of --root DIR or --config FILE")
+        raise ConfigError("give exactly one of --root DIR or --config FILE")
     path = write_pairs_file(out, root=root, config=config, folds=folds, pairs_per_fold=pairs_per_fold, seed=seed)
     typer.echo(f"pairs: {path} ({folds} folds x {pairs_per_fold} same + {pairs_per_fold} different)")

@@ -5,7 +5,15 @@ from facetrain.lazy import lazy_exports
 __getattr__, __dir__, __all__ = lazy_exports(
     __name__,
     {
-        "align": ("Aligner", "AlignOptions", "align_folder", "check_options", "parse_size", "require_photos"),
+        "align": (
+            "Aligner",
+            "AlignOptions",
+            "align_folder",
+            "check_options",
+            "crop_with_landmarks",
+            "parse_size",
+            "require_photos",
+        ),
         "batches": ("TrainImages", "as_batch"),
         "cache": ("CachePlan", "decode_into", "private_pixels"),
         "folders": ("FaceDataset", "build_datasets"),

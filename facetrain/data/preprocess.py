@@ -43,7 +43,10 @@ class Preprocess:
 
     def pixels(self, image: Image.Image, source: str = "image") -> torch.Tensor:
         """PIL RGB image -> (3, image_size, image_size) uint8 tensor: cropped and resized, not flipped."""
-        pixels = TF.pil_to_tensor(image)  # (3, H, W) uint8
+        return self.fit(TF.pil_to_tensor(image), source)
+
+    def fit(self, pixels: torch.Tensor, source: str = "image") -> torch.Tensor:
+        """(3, H, W) uint8 tensor -> (3, image_size, image_size) uint8: cropped and resized."""
         height, width = pixels.shape[-2:]
         crop_h, crop_w = self.crop_box(height, width)
         if crop_h > height or crop_w > width:

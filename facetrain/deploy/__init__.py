@@ -1,4 +1,4 @@
-"""Deploy: export the embedder (TorchScript/ONNX, insightface weights), import them, verify pairs, embed folders."""
+"""Deploy: export the embedder (TorchScript/ONNX, insightface weights), import them, score any model file."""
 
 from facetrain.lazy import lazy_exports
 
@@ -9,5 +9,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
         "export": ("export_model", "verify_pair"),
         "insightface": ("export_insightface", "import_insightface"),
         "inputs": ("check_embed", "check_export", "check_import", "check_verify", "threshold_from_eval_json"),
+        "model_file": ("InputOptions", "check_model_input"),
+        "scorable": ("load_scorable",),
     },
 )

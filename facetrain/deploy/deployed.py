@@ -1,8 +1,9 @@
 """Exported (deployable) models: their metadata and how facetrain loads them back.
 
-An exported TorchScript file carries ``facetrain.json`` in its extra files: everything a service
-needs to feed it (input size, centre crop, normalisation) and to read its output (embedding size,
-optionally a decision threshold). Plain ``torch.jit.load`` reads it; facetrain is not needed.
+An exported TorchScript file carries ``facetrain.json`` in its extra files (an ONNX export in its
+``metadata_props``): everything a service needs to feed it (input size, centre crop, normalisation)
+and to read its output (embedding size, optionally a decision threshold). Plain ``torch.jit.load``
+reads it; facetrain is not needed.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from facetrain import __version__
 from facetrain.config import Config
 from facetrain.data import MEAN, STD, Preprocess
 from facetrain.deploy.inputs import EXPORTED_FIX, check_threshold, require_exported
+from facetrain.deploy.model_file import METADATA_NAME
 from facetrain.errors import CheckpointError
+from facetrain.models import InputSpec
 
-METADATA_NAME = "facetrain.json"
 METADATA_VERSION = 1
 
 
@@ -68,18 +70,36 @@ class ModelMetadata:
     def preprocess(self) -> Preprocess:
         return Preprocess(self.image_size, self.center_crop)
 
+    @property
+    def input_spec(self) -> InputSpec:
+        """The export's input as uint8 pixels become it: mean and std in 0-255 units, RGB, NCHW."""
+        return InputSpec(self.image_size, self.center_crop, _pixel_units(self.mean), _pixel_units(self.std))
+
 
 def load_exported(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.jit.ScriptModule, ModelMetadata]:
     """A TorchScript model written by ``facetrain export`` and its metadata."""
     file = require_exported(path)
+    model, text = read_torchscript(file, device)
+    if not text:
+        raise CheckpointError(f"'{file}' has no {METADATA_NAME}: it was not written by facetrain export")
+    return model, ModelMetadata.from_json(text, str(file))
+
+
+def read_torchscript(
+    file: Path, device: str | torch.device, fix: str = EXPORTED_FIX
+) -> tuple[torch.jit.ScriptModule, str]:
+    """A TorchScript file (checked to be one) in eval mode, and its ``facetrain.json`` ("" when it has none)."""
     extra = {METADATA_NAME: ""}
     try:
         with warnings.catch_warnings():  # torch's torch.jit deprecation notice would only puzzle a CLI user
             warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
             model = torch.jit.load(str(file), map_location=device, _extra_files=extra)
-    except Exception:  # a damaged file: require_exported let only TorchScript through
-        raise CheckpointError(f"model '{file}' is damaged or truncated: {EXPORTED_FIX}") from None
-    if not extra[METADATA_NAME]:
-        raise CheckpointError(f"'{file}' has no {METADATA_NAME}: it was not written by facetrain export")
+    except Exception:  # a damaged file: the callers let only TorchScript through
+        raise CheckpointError(f"model '{file}' is damaged or truncated: {fix}") from None
     text = extra[METADATA_NAME]
-    return model.eval(), ModelMetadata.from_json(text.decode() if isinstance(text, bytes) else text, str(file))
+    return model.eval(), text.decode() if isinstance(text, bytes) else text
+
+
+def _pixel_units(values: tuple[float, float, float]) -> tuple[float, float, float]:
+    """0-1 units (the metadata's, torchvision's) -> 0-255 pixel units (``InputSpec``'s)."""
+    return values[0] * 255.0, values[1] * 255.0, values[2] * 255.0

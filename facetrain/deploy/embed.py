@@ -1,16 +1,16 @@
-"""Embeds every image under a folder with a checkpoint or an exported model, and writes one file.
+"""Embeds every image under a folder with a checkpoint or a model file, and writes one file.
 
 The folder is either flat (``root/<image>``) or has one sub-folder per identity
 (``root/<identity>/.../<image>``); in the latter case each row also gets its identity as a label.
 Rows are L2-normalised float32 embeddings of the plain image: no flip fusion, so they match what
-an exported model returns for the same file.
+an exported model returns for the same file. The model file is a facetrain export or a foreign
+TorchScript or ONNX embedder (``facetrain.deploy.load_scorable``).
 """
 
 from __future__ import annotations
 
 import csv
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,12 +21,13 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from facetrain.data import Aligner, Preprocess
-from facetrain.deploy.deployed import load_exported
 from facetrain.deploy.inputs import EmbedInputs, check_embed
+from facetrain.deploy.model_file import InputOptions
+from facetrain.deploy.scorable import load_scorable
 from facetrain.errors import ConfigError, DataError
 from facetrain.files import atomic_write
-from facetrain.models import load_model
-from facetrain.runtime import Precision, autocast, resolve_precision
+from facetrain.models import ModuleEmbedder, PixelEmbedder, load_model
+from facetrain.runtime import resolve_precision
 
 
 @dataclass
@@ -38,7 +39,7 @@ class EmbedResult:
 
 
 class _Files(Dataset):
-    """Preprocessed images; a file that fails to decode yields its error message instead."""
+    """Images as uint8 pixels, cropped and sized; a file that fails to decode yields its error message instead."""
 
     def __init__(self, paths: list[Path], preprocess: Preprocess, align: tuple[int, int] | None = None) -> None:
         self.paths, self.preprocess, self.align = paths, preprocess, align
@@ -50,11 +51,11 @@ class _Files(Dataset):
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:
             if self.align is None:
-                return index, self.preprocess.load(self.paths[index]), None
+                return index, self.preprocess.load_pixels(self.paths[index]), None
             if self._aligner is None:
                 self._aligner = Aligner(size=self.align)
             path = self.paths[index]
-            return index, self.preprocess(self._aligner.crop_file(path), source=str(path)), None
+            return index, self.preprocess.pixels(self._aligner.crop_file(path), source=str(path)), None
         except DataError as exc:
             return index, None, str(exc)
 
@@ -82,11 +83,13 @@ def embed_folder(
     progress: bool = False,
     align: tuple[int, int] | None = None,
     checked: EmbedInputs | None = None,
+    inputs: InputOptions = InputOptions(),
 ) -> EmbedResult:
     """Embeds every image under ``images`` and writes them to ``out`` as ``.npz`` or ``.csv``.
 
     Give exactly one of ``checkpoint`` (a facetrain training checkpoint) or ``model`` (a file from
-    ``facetrain export``). Embeddings are L2-normalised float32 without flip fusion. Files that
+    ``facetrain export``, or a foreign TorchScript or ONNX embedder fed as ``inputs`` say; see
+    ``load_scorable``). Embeddings are L2-normalised float32 without flip fusion. Files that
     cannot be decoded are skipped and listed in the result rather than stopping the run. With
     ``align`` (a crop's width and height), each photo's face is detected and aligned onto the ArcFace
     template of that size first (on CPU,
@@ -95,20 +98,19 @@ def embed_folder(
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     # ``checked``: what check_embed returned for these arguments already (the folder is walked once).
-    root, out, paths, has_labels = checked or check_embed(images, out, checkpoint, model, fmt)
+    root, out, paths, has_labels = checked or check_embed(images, out, checkpoint, model, fmt, inputs)
 
+    embedder: PixelEmbedder
     if checkpoint is not None:
         loaded = load_model(checkpoint, device)
-        embedder: Callable[[torch.Tensor], torch.Tensor] = loaded.embedder
-        preprocess, precision = loaded.preprocess, resolve_precision("auto", device)
+        embedder = ModuleEmbedder(loaded.embedder, loaded.preprocess, device, resolve_precision("auto", device))
     else:
-        embedder, metadata = load_exported(model, device)
-        # The exported graph has fixed dtypes; autocast around it buys nothing and may not apply.
-        preprocess, precision = metadata.preprocess, Precision(None)
+        # An export or a foreign model, fed as its metadata or ``inputs`` say, in float32 (no autocast).
+        embedder = load_scorable(model, device, **inputs._asdict())
 
     relative = [path.relative_to(root).as_posix() for path in paths]
-    dataset = _Files(paths, preprocess, align)
-    kept, vectors, skipped, seconds = _run(embedder, dataset, device, precision, batch_size, num_workers, progress)
+    dataset = _Files(paths, embedder.preprocess, align)
+    kept, vectors, skipped, seconds = _run(embedder, dataset, batch_size, num_workers, progress)
     if not kept:
         first = skipped[0][1]
         raise DataError(f"none of the {len(paths)} images in '{root}' could be read (first: {first})")
@@ -126,15 +128,10 @@ def embed_folder(
 
 @torch.inference_mode()
 def _run(
-    embedder: Callable[[torch.Tensor], torch.Tensor],
-    dataset: _Files,
-    device: torch.device,
-    precision: Precision,
-    batch_size: int,
-    num_workers: int,
-    progress: bool,
+    embedder: PixelEmbedder, dataset: _Files, batch_size: int, num_workers: int, progress: bool
 ) -> tuple[list[int], np.ndarray, list[tuple[int, str]], float]:
     """(kept indices, (N, D) float32 embeddings, (index, reason) skipped, seconds spent)."""
+    device = embedder.device
     loader = DataLoader(
         dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate,
         pin_memory=device.type == "cuda",
@@ -143,16 +140,19 @@ def _run(
     chunks: list[torch.Tensor] = []
     skipped: list[tuple[int, str]] = []
     start = time.perf_counter()
-    with tqdm(total=len(dataset), unit="img", desc="embed", disable=not progress, dynamic_ncols=True) as bar:
-        for indices, images, failed in loader:
+    restore = embedder.prepare()
+    bar = tqdm(total=len(dataset), unit="img", desc="embed", disable=not progress, dynamic_ncols=True)
+    try:
+        for indices, pixels, failed in loader:
             skipped.extend(failed)
-            if images is not None:
-                images = images.to(device, non_blocking=True)
-                with autocast(device, precision):
-                    outputs = embedder(images)
+            if pixels is not None:
+                outputs = embedder(pixels.to(device, non_blocking=True))  # (B, 3, S, S) uint8 -> (B, D)
                 chunks.append(F.normalize(outputs.float(), dim=1).cpu())
                 kept.extend(indices)
             bar.update(len(indices) + len(failed))
+    finally:
+        bar.close()
+        restore()
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # count the last batch's kernels in the timing
     seconds = time.perf_counter() - start

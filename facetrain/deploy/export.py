@@ -22,8 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from facetrain.data import Aligner, Preprocess
-from facetrain.deploy.deployed import METADATA_NAME, ModelMetadata, load_exported
+from facetrain.deploy.deployed import METADATA_NAME, ModelMetadata
 from facetrain.deploy.inputs import INSIGHTFACE_FORMAT, check_export, check_verify
+from facetrain.deploy.model_file import InputOptions
+from facetrain.deploy.scorable import load_scorable
 from facetrain.errors import CheckpointError, ConfigError, ShapeError
 from facetrain.files import atomic_write
 from facetrain.models import load_model
@@ -125,35 +127,38 @@ def verify_pair(
     image2: str | Path,
     threshold: float | None = None,
     align: tuple[int, int] | None = None,
+    inputs: InputOptions = InputOptions(),
 ) -> VerifyResult:
-    """Cosine similarity of two face images under an exported TorchScript model.
+    """Cosine similarity of two face images under a model file: a facetrain export, or a foreign
+    TorchScript or ONNX embedder fed as ``inputs`` say (see ``load_scorable``).
 
-    Both images get the preprocessing stored in the model's metadata, which is the training one;
+    An export's images get the preprocessing stored in its metadata, which is the training one;
     with ``align`` (a crop's width and height), each photo's face is first detected and aligned onto
     the ArcFace template of that size.
     The threshold is ``threshold`` when given, else the one stored at export, else none.
     """
-    check_verify(model_path, image1, image2, threshold)
-    with _quiet_jit():
-        model, metadata = load_exported(model_path)
+    check_verify(model_path, image1, image2, threshold, inputs)
+    model = load_scorable(model_path, torch.device("cpu"), **inputs._asdict())
+    preprocess = model.preprocess
     if align is not None:
         aligner = Aligner(size=align)
-        load = lambda path: metadata.preprocess(aligner.crop_file(path), source=str(path))  # noqa: E731
+        load = lambda path: preprocess.pixels(aligner.crop_file(path), source=str(path))  # noqa: E731
     else:
-        load = metadata.preprocess.load
-    batch = torch.stack([load(image1), load(image2)])
+        load = preprocess.load_pixels
+    pixels = torch.stack([load(image1), load(image2)])  # (2, 3, S, S) uint8
     with torch.no_grad():
-        embeddings = model(batch).float()
+        embeddings = F.normalize(model(pixels).float(), dim=1)
     score = float(embeddings[0] @ embeddings[1])
     if not math.isfinite(score):
+        fix = "export it again from a checkpoint whose training did not diverge" if model.metadata else "check it"
         raise CheckpointError(
-            f"model '{model_path}' gives NaN embeddings (its weights hold NaN or infinite values): "
-            "export it again from a checkpoint whose training did not diverge"
+            f"model '{model_path}' gives NaN embeddings (its weights hold NaN or infinite values): {fix}"
         )
+    stored = model.metadata.threshold if model.metadata is not None else None
     if threshold is not None:
         source = "argument"
-    elif metadata.threshold is not None:
-        threshold, source = metadata.threshold, "model metadata"
+    elif stored is not None:
+        threshold, source = stored, "model metadata"
     else:
         source = "none"
     same = score >= threshold if threshold is not None else None  # eval's rule: same when score >= threshold

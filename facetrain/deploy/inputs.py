@@ -1,6 +1,6 @@
 """What the deploy commands are given, checked without torch: the export's format, threshold and
 target, an exported model's file, an eval JSON's threshold, embed's folder and output, and import's
-architecture, weights file and target.
+architecture, weights file and target (a model file to score with: ``facetrain.deploy.model_file``).
 
 A wrong path or option is answered before a model is loaded; the library functions make the same
 checks, so callers that skip these get the same messages.
@@ -17,6 +17,7 @@ from typing import NamedTuple
 from facetrain.checkpoint import TORCH_FILES, require_checkpoint
 from facetrain.config import resolve_arch
 from facetrain.data import IMAGE_EXTENSIONS, find_images
+from facetrain.deploy.model_file import InputOptions, ModelFile, check_model_input
 from facetrain.errors import CheckpointError, ConfigError, DataError, FacetrainError, OutputError, brief
 from facetrain.files import (
     TORCH_ARCHIVE,
@@ -82,12 +83,20 @@ def check_import(source: str | Path, arch: str, out: str | Path, overwrite: bool
     return ImportInputs(file, backbone, target)
 
 
-def check_verify(model: str | Path, image1: str | Path, image2: str | Path, threshold: float | None) -> None:
-    """``facetrain verify``'s model is an exported one, both images are files, the threshold a cosine."""
-    require_exported(model)
+def check_verify(
+    model: str | Path,
+    image1: str | Path,
+    image2: str | Path,
+    threshold: float | None,
+    inputs: InputOptions = InputOptions(),
+) -> ModelFile:
+    """``facetrain verify``'s model is one to score with (``check_model_input``), both images are files,
+    the threshold a cosine."""
+    file = check_model_input(model, **inputs._asdict())
     for image in (image1, image2):
         require_file(image, DataError, "image", "check the path")
     check_threshold(threshold, "--threshold")
+    return file
 
 
 def require_exported(path: str | Path) -> Path:
@@ -136,11 +145,21 @@ class EmbedInputs(NamedTuple):
 
 
 def check_embed(
-    images: str | Path, out: str | Path, checkpoint: str | Path | None, model: str | Path | None, fmt: str
+    images: str | Path,
+    out: str | Path,
+    checkpoint: str | Path | None,
+    model: str | Path | None,
+    fmt: str,
+    inputs: InputOptions = InputOptions(),
 ) -> EmbedInputs:
     """The inputs of ``facetrain embed``, once the output name, the folder and the model file are known good."""
     if (checkpoint is None) == (model is None):
         raise ConfigError("give exactly one of --checkpoint or --model")
+    if checkpoint is not None and (given := inputs.given()):
+        raise ConfigError(
+            f"{' and '.join(given)}: the input options describe a foreign --model; a checkpoint carries its "
+            "preprocessing: drop them"
+        )
     if fmt not in EMBED_FORMATS:
         raise ConfigError(f"unknown output format '{fmt}': use {' or '.join(EMBED_FORMATS)}")
     root, out = Path(images), output_path(out, "--out")  # before the embedding work
@@ -158,5 +177,5 @@ def check_embed(
     if checkpoint is not None:
         require_checkpoint(checkpoint)
     else:
-        require_exported(model)
+        check_model_input(model, **inputs._asdict())
     return EmbedInputs(root, out, paths, has_labels)

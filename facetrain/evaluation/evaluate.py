@@ -13,13 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
 
-from facetrain.config import Config, PairsSetConfig, config_to_dict, resolve_config
-from facetrain.data import BadImage, Preprocess, model_input, quiet_worker
+from facetrain.config import Config, EvalConfig, PairsSetConfig, config_to_dict, resolve_config
 from facetrain.errors import ConfigError, DataError
+from facetrain.evaluation.embedding import embed_pairs_with
 from facetrain.evaluation.metrics import (
     balanced_folds,
     contiguous_folds,
@@ -29,87 +26,12 @@ from facetrain.evaluation.metrics import (
     tar_at_far,
 )
 from facetrain.evaluation.pairs import PairList, read_pairs
-from facetrain.models import load_model
-from facetrain.runtime import Precision, autocast, resolve_precision
+from facetrain.models import ModuleEmbedder, PixelEmbedder, load_model
+from facetrain.runtime import resolve_precision
 
 # TAR is reported at these false-accept rates, keyed as the config's best_metric names them.
 FAR_TARGETS = {"1e-1": 1e-1, "1e-2": 1e-2, "1e-3": 1e-3, "1e-4": 1e-4}
 BIN_FOLDS = 10  # insightface scores its .bin files with 10 contiguous folds
-
-
-class PairImages(Dataset):
-    """Unique images of a pairs list (file paths, or encoded bytes from a .bin) as uint8 pixels."""
-
-    def __init__(self, pairs: PairList, preprocess: Preprocess) -> None:
-        self.pairs, self.preprocess = pairs, preprocess
-
-    def __len__(self) -> int:
-        return len(self.pairs.images)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.read(index)
-
-    def read(self, index: int) -> torch.Tensor:
-        image = self.pairs.images[index]
-        if isinstance(image, bytes):
-            return self.preprocess.load_pixels(f"{self.pairs.source}[image {index}]", data=image)
-        return self.preprocess.load_pixels(image)
-
-    def decode(self, index: int) -> torch.Tensor:
-        try:
-            return self.read(index)
-        except DataError as exc:
-            raise BadImage(str(exc)) from None
-
-
-@torch.no_grad()
-def embed_pairs_images(
-    embedder: nn.Module,
-    pairs: PairList,
-    preprocess: Preprocess,
-    device: torch.device,
-    precision: Precision,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    flip: bool = True,
-    part: range | None = None,
-    cached: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(plain, flip-fused) L2-normalised float32 embeddings of every unique image, (N, D) each.
-
-    Fused = normalise(embedding(image) + embedding(mirrored image)), or None without ``flip``. Both
-    come from one forward pass over the batch and its mirror. ``part``: only these unique images
-    (one rank's share of a multi-process evaluation). ``cached``: their uint8 pixels, decoded already.
-    """
-    batches: Any
-    if cached is not None:
-        batches = cached.split(batch_size)
-    else:
-        images: Dataset = PairImages(pairs, preprocess)
-        batches = DataLoader(
-            images if part is None else Subset(images, part), batch_size=batch_size, num_workers=num_workers,
-            pin_memory=device.type == "cuda",
-            generator=torch.Generator(),  # keeps the loader off the global RNG (training resumes exactly)
-            worker_init_fn=quiet_worker,
-        )  # fmt: skip
-    was_training = embedder.training
-    embedder.eval()
-    plain, fused = [], []
-    try:
-        for pixels in batches:
-            images = model_input(pixels, None, device, torch.preserve_format)
-            batch = torch.cat([images, images.flip(-1)]) if flip else images  # (2B or B, 3, H, W)
-            with autocast(device, precision):
-                outputs = embedder(batch).float()
-            direct = outputs[: len(images)]
-            plain.append(F.normalize(direct, dim=1).cpu())
-            if flip:
-                fused.append(F.normalize(direct + outputs[len(images) :], dim=1).cpu())
-    finally:
-        embedder.train(was_training)
-    if not plain:  # a rank's share of a tiny list may hold no image
-        plain = fused = [torch.empty(0, getattr(embedder, "embedding_dim", 0))]
-    return torch.cat(plain), torch.cat(fused) if flip else None
 
 
 @dataclass
@@ -233,11 +155,8 @@ def load_pairs_set(spec: PairsSetConfig) -> PairList:
 
 
 def evaluate_set(
-    embedder: nn.Module,
-    preprocess: Preprocess,
+    model: PixelEmbedder,
     pairs: PairList,
-    device: torch.device,
-    precision: Precision,
     *,
     folds: int = 10,
     flip: bool = True,
@@ -245,12 +164,43 @@ def evaluate_set(
     num_workers: int = 0,
     name: str | None = None,
 ) -> PairsReport:
-    plain, fused = embed_pairs_images(embedder, pairs, preprocess, device, precision, batch_size, num_workers, flip)
+    plain, fused = embed_pairs_with(model, pairs, batch_size, num_workers, flip)
     return report_pairs(pairs, plain, fused, folds, name)
 
 
+@dataclass(frozen=True)
+class EvalSetup:
+    """What ``facetrain eval`` scores with: the model, the eval settings and its loader workers."""
+
+    model: PixelEmbedder
+    settings: EvalConfig
+    num_workers: int = 0
+
+
+def eval_setup(
+    checkpoint: str | Path | None,
+    config: Config | None,
+    *,
+    device: torch.device,
+    overrides: list[str] | None = None,
+    model: PixelEmbedder | None = None,
+) -> EvalSetup:
+    """A checkpoint's embedder and eval settings (from ``config`` or its own, with ``overrides``), or a
+    loaded ``model`` (an export or a foreign file) with ``config``'s settings or the defaults."""
+    if model is not None:
+        return EvalSetup(model, (config.eval if config else EvalConfig()), config.data.num_workers if config else 0)
+    if checkpoint is None:
+        raise ConfigError("nothing to score: pass --checkpoint FILE or --model FILE")
+    loaded = load_model(checkpoint, device)
+    if config is None and overrides:
+        config = resolve_config(config_to_dict(loaded.config), overrides, source=f"config inside '{checkpoint}'")
+    precision = resolve_precision("auto", device)
+    embedder = ModuleEmbedder(loaded.embedder, loaded.preprocess, device, precision, name=f"checkpoint '{checkpoint}'")
+    return EvalSetup(embedder, (config or loaded.config).eval, loaded.config.data.num_workers)
+
+
 def run_eval(
-    checkpoint: str | Path,
+    checkpoint: str | Path | None,
     pairs: list[PairList],
     config: Config | None = None,
     *,
@@ -259,17 +209,23 @@ def run_eval(
     folds: int | None = None,
     flip: bool | None = None,
     batch_size: int | None = None,
+    model: PixelEmbedder | None = None,
+    setup: EvalSetup | None = None,
+    num_workers: int | None = None,
 ) -> list[PairsReport]:
-    """``facetrain eval``: the checkpoint's embedder on ``pairs`` (read by ``read_pairs_files``), or on a
-    config's eval.sets when there are none.
+    """``facetrain eval``: the checkpoint's embedder (or ``model``: an export or a foreign file, see
+    ``facetrain.deploy.load_scorable``) on ``pairs`` (read by ``read_pairs_files``), or on a config's
+    eval.sets when there are none.
 
     Options left as None come from ``config`` (when given) or from the config saved in the checkpoint,
-    to which ``overrides`` (``key=value``) then apply.
+    to which ``overrides`` (``key=value``) then apply; for a ``model``, from ``config`` or the defaults.
+    ``setup``: what ``eval_setup`` returned already (then ``checkpoint``, ``config`` and ``model`` are
+    not used); ``num_workers``: loader processes (default: the checkpoint's data.num_workers).
     """
-    model = load_model(checkpoint, device)
-    if config is None and overrides:
-        config = resolve_config(config_to_dict(model.config), overrides, source=f"config inside '{checkpoint}'")
-    settings = (config or model.config).eval
+    setup = setup or eval_setup(checkpoint, config, device=device, overrides=overrides, model=model)
+    if num_workers is not None:
+        setup = dataclasses.replace(setup, num_workers=num_workers)
+    settings = setup.settings
     if pairs:
         pair_lists, names = pairs, [pair_list.name for pair_list in pairs]
     elif settings.sets:
@@ -277,19 +233,25 @@ def run_eval(
         names = [spec.name or pair_list.name for spec, pair_list in zip(settings.sets, pair_lists, strict=True)]
     else:
         raise ConfigError(
-            "nothing to evaluate: pass --pairs FILE (and --images ROOT), or a --config whose eval.sets lists pairs"
+            "nothing to evaluate: pass --pairs FILE (and --images ROOT), --suite DIR, --ijb ROOT, "
+            "or a --config whose eval.sets lists pairs"
         )
-    precision = resolve_precision("auto", device)
-    options = {
+    options = eval_options(setup, folds, flip, batch_size)
+    return [
+        evaluate_set(setup.model, pair_list, name=name, **options)
+        for name, pair_list in zip(unique_names(names), pair_lists, strict=True)
+    ]
+
+
+def eval_options(setup: EvalSetup, folds: int | None, flip: bool | None, batch_size: int | None) -> dict[str, Any]:
+    """evaluate_set's keyword options: the command line's where given, else the eval settings'."""
+    settings = setup.settings
+    return {
         "folds": folds or settings.folds,
         "flip": settings.flip if flip is None else flip,
         "batch_size": batch_size or settings.batch_size,
-        "num_workers": model.config.data.num_workers,
+        "num_workers": setup.num_workers,
     }
-    return [
-        evaluate_set(model.embedder, model.preprocess, pair_list, device, precision, name=name, **options)
-        for name, pair_list in zip(unique_names(names), pair_lists, strict=True)
-    ]
 
 
 def unique_names(names: list[str]) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -149,3 +150,64 @@ def contiguous_folds(count: int, k: int) -> torch.Tensor:
     """k consecutive blocks, the first ``count % k`` one pair longer (scikit-learn's KFold without shuffle)."""
     sizes = [count // k + (1 if i < count % k else 0) for i in range(k)]
     return torch.repeat_interleave(torch.arange(k), torch.tensor(sizes))
+
+
+def roc_counts(scores: torch.Tensor, is_same: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """(false accepts, true accepts) at every distinct score, strictest first, after a (0, 0) point,
+    as int64 counts; and the numbers of negative and positive pairs."""
+    positives = int(is_same.sum())
+    negatives = len(is_same) - positives
+    order = torch.argsort(scores.double(), descending=True)
+    sorted_scores, sorted_same = scores.double()[order], is_same[order]
+    true_accepts = sorted_same.long().cumsum(0)
+    false_accepts = torch.arange(1, len(scores) + 1) - true_accepts
+    last_of_run = torch.ones(len(scores), dtype=torch.bool)
+    last_of_run[:-1] = sorted_scores[1:] != sorted_scores[:-1]
+    zero = torch.zeros(1, dtype=torch.long)
+    return (
+        torch.cat([zero, false_accepts[last_of_run]]),
+        torch.cat([zero, true_accepts[last_of_run]]),
+        negatives,
+        positives,
+    )
+
+
+def tar_at_far_strict(false_accepts: torch.Tensor, true_accepts: torch.Tensor, negatives: int, positives: int,
+                      target_far: float) -> float | None:  # fmt: skip
+    """The highest TAR whose FAR does not exceed ``target_far``; None with fewer than 1 / target negatives."""
+    if negatives * target_far < 1.0 - 1e-9 or positives == 0:
+        return None
+    allowed = false_accepts <= math.floor(negatives * target_far + 1e-9)
+    return float(true_accepts[allowed].max()) / positives
+
+
+def roc_corners(false_accepts: torch.Tensor, true_accepts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The points of scikit-learn's ``roc_curve`` (collinear interior points dropped; (0, 0) first),
+    which insightface's IJB rule picks from."""
+    fp, tp = false_accepts[1:], true_accepts[1:]
+    keep = torch.ones(len(fp), dtype=torch.bool)
+    if len(fp) > 2:
+        keep[1:-1] = ((fp[2:] - 2 * fp[1:-1] + fp[:-2]) != 0) | ((tp[2:] - 2 * tp[1:-1] + tp[:-2]) != 0)
+    return torch.cat([fp.new_zeros(1), fp[keep]]), torch.cat([tp.new_zeros(1), tp[keep]])
+
+
+def tar_at_far_nearest(corner_false: torch.Tensor, corner_true: torch.Tensor, negatives: int, positives: int,
+                       target_far: float) -> float | None:  # fmt: skip
+    """insightface's IJB rule: the TAR of the ROC point (of ``roc_corners``) whose FAR is nearest
+    ``target_far``, which may exceed it; of two equally near, the one with the higher FAR, as its
+    search over the reversed curve picks."""
+    if negatives == 0 or positives == 0:
+        return None
+    distance = (corner_false.double() / negatives - target_far).abs()
+    nearest = int(torch.nonzero(distance == distance.min()).max())
+    return float(corner_true[nearest]) / positives
+
+
+def auc_from_counts(false_accepts: torch.Tensor, true_accepts: torch.Tensor, negatives: int, positives: int) -> float:
+    """ROC AUC from ``roc_counts`` (the trapezoid rule over every distinct score: ties count half,
+    as in ``roc_auc``), without sorting the scores again."""
+    if negatives == 0 or positives == 0:
+        return float("nan")
+    widths = (false_accepts[1:] - false_accepts[:-1]).double()
+    heights = (true_accepts[1:] + true_accepts[:-1]).double() / 2
+    return float((widths * heights).sum()) / (negatives * positives)

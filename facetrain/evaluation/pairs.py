@@ -5,13 +5,12 @@ Writing new pairs files (``facetrain pairs``) lives in ``facetrain.evaluation.pa
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from facetrain.data import IMAGE_EXTENSIONS
 from facetrain.errors import ConfigError, DataError
+from facetrain.evaluation.binfile import read_bin
 from facetrain.files import require_file, require_folder
 
 FORMATS = ("lfw", "list", "bin")
@@ -79,7 +78,7 @@ def read_pairs(path: str | Path, images_root: str | Path | None = None, format: 
     different lines, no folds. Image i of name is ``ROOT/name/name_%04d.<ext>``, or ``ROOT/name/<i>.<ext>``
     for plainly numbered folders like ORL's ``s1/1.pgm``; the extension is detected.
     list: ``path1 path2 label`` per line, split by tab, comma or spaces; label 1/0, true/false or same/diff.
-    bin: an insightface pickle ``(encoded_images, is_same)``; pair i is images 2i and 2i+1.
+    bin: an insightface pickle ``(encoded_images, is_same)``; pair i is images 2i and 2i+1 (see ``binfile``).
     ``images_root`` (ROOT) defaults to the pairs file's folder; bin ignores it.
 
     Raises:
@@ -90,7 +89,7 @@ def read_pairs(path: str | Path, images_root: str | Path | None = None, format: 
         raise DataError(f"unknown pairs format '{format}': use auto, {', '.join(FORMATS)}")
     kind = detect_format(path) if format == "auto" else format
     if kind == "bin":
-        bins, is_same = _read_bin(path)
+        bins, is_same = read_bin(path)
         count = 2 * len(is_same)
         return PairList(path.stem, path, kind, bins, list(range(0, count, 2)), list(range(1, count, 2)), is_same, None)
 
@@ -222,49 +221,3 @@ def _check_present(where: str, images: list[Path], root: Path) -> None:
     if missing:
         first = f"first {min(5, len(missing))}: {shown}"
         raise DataError(f"{where}: {len(missing)} images missing under {root} ({first}): check --images")
-
-
-class _PlainDataUnpickler(pickle.Unpickler):
-    """Builds only plain data: every class or function reference is refused, so nothing in the file runs."""
-
-    def __init__(self, file: BinaryIO, where: str) -> None:
-        super().__init__(file, encoding="bytes")  # the published files come from Python 2, whose str is bytes
-        self.where = where
-
-    def find_class(self, module: str, name: str) -> object:
-        if (module, name) == ("_codecs", "encode"):
-            # Python 3 writes bytes at protocol 2 as _codecs.encode(text, "latin1"); rebuild them ourselves.
-            return _latin1_bytes
-        raise DataError(
-            f"{self.where}: refused to load: the pickle asks for {module}.{name}, "
-            "and a pairs .bin may hold only bytes, lists, tuples and bools"
-        )
-
-
-def _latin1_bytes(text: object, encoding: object = "latin1") -> bytes:
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise ValueError("only _codecs.encode(str, 'latin1') is allowed")
-    return text.encode("latin-1")
-
-
-def _read_bin(path: Path) -> tuple[list[bytes], list[bool]]:
-    where = str(path)
-    try:
-        with path.open("rb") as file:
-            data = _PlainDataUnpickler(file, where).load()
-    except DataError:
-        raise
-    except Exception as exc:  # any failure on untrusted bytes is the file's fault, never a bug here
-        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        raise DataError(f"{where}: not a readable pairs .bin ({reason}): re-create it") from None
-    shape = "expected a pickled (images, is_same) pair: a list of encoded images and a list of bools"
-    if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise DataError(f"{where}: {shape}, got {type(data).__name__}: this is not a pairs .bin")
-    bins, is_same = data
-    if not isinstance(bins, (list, tuple)) or not all(isinstance(item, (bytes, bytearray)) for item in bins):
-        raise DataError(f"{where}: {shape}, but the images are not all bytes: this is not a pairs .bin")
-    if not isinstance(is_same, (list, tuple)) or not all(isinstance(item, int) and item in (0, 1) for item in is_same):
-        raise DataError(f"{where}: {shape}, but is_same is not all bools: this is not a pairs .bin")
-    if not is_same or len(bins) != 2 * len(is_same):
-        raise DataError(f"{where}: {len(bins)} images for {len(is_same)} pairs: a pairs .bin has 2 images per pair")
-    return [bytes(item) for item in bins], [bool(item) for item in is_same]

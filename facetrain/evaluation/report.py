@@ -37,8 +37,11 @@ def _tar(value: float | None, negatives: int) -> str:
     return f"{value:.4f}" if value is not None else f"n/a (only {negatives} negatives)"
 
 
-def write_json(reports: list[PairsReport], path: str | Path, checkpoint: str | Path) -> Path:
-    payload = {"checkpoint": str(checkpoint), "sets": [report.to_dict() for report in reports]}
+def write_json(reports: list[PairsReport], path: str | Path, checkpoint: str | Path, suite: dict | None = None) -> Path:
+    """Every number of every set; ``suite``: the suite's summary (``suite_to_dict``), when scored as one."""
+    payload: dict = {"checkpoint": str(checkpoint), "sets": [report.to_dict() for report in reports]}
+    if suite is not None:
+        payload["suite"] = suite
     return write_text(path, json.dumps(payload, indent=2, allow_nan=False) + "\n", "--json")
 
 

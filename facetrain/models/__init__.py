@@ -16,6 +16,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
             "insightface_state_dict",
         ),
         "loading": ("first_mismatch", "load_model", "load_weights"),
+        "pixels": ("InputSpec", "ModuleEmbedder", "PixelEmbedder"),
         "sharded": ("ROW_KEYS", "ShardedHead"),
     },
 )

@@ -27,8 +27,10 @@ from facetrain.evaluation import (
     embed_loader,
     embed_pairs_images,
     format_report,
+    format_suite,
     holdout_metrics,
     load_pairs_set,
+    mean_accuracy,
     report_pairs,
     unique_names,
     verification_figure,
@@ -121,6 +123,8 @@ class Monitor:
             return None
         for report in reports:
             self._log_report(report, step)
+        if len(reports) >= 2:
+            self._log_suite(reports, step)
         first = reports[0]
         return Evaluation(
             label=f"{first.name} {first.folds}-fold accuracy",
@@ -156,6 +160,14 @@ class Monitor:
         figure = verification_figure(report.scores, report.is_same, metrics.threshold, title)
         self.tensorboard.figure(f"eval/{report.name}/roc", figure, step)
         log.debug("%s", format_report(report))
+
+    def _log_suite(self, reports: list[PairsReport], step: int) -> None:
+        """All sets in one table (TensorBoard's Text tab) and their mean accuracy as a scalar."""
+        table = format_suite(reports)
+        # Indented four spaces, the markdown renders as a code block and keeps the columns aligned.
+        self.tensorboard.text("eval/suite", "\n".join(f"    {line}" for line in table.splitlines()), step)
+        self.tensorboard.scalars({"eval/suite_mean_accuracy": mean_accuracy(reports)}, step)
+        log.debug("%s", table)
 
 
 def _decoded(source: Any, share: range, workers: int, desc: str, progress: bool) -> torch.Tensor:

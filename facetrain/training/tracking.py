@@ -31,6 +31,11 @@ class TensorBoard:
             for name, value in values.items():
                 writer.add_scalar(name, value, step)
 
+    def text(self, tag: str, markdown: str, step: int) -> None:
+        """Logs text for TensorBoard's Text tab, which renders it as markdown."""
+        with self._guard() as writer:
+            writer.add_text(tag, markdown, step)
+
     def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
         with self._guard() as writer:
             writer.add_histogram(tag, values, step)

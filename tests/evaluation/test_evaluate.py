@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 from facetrain.cli import app
 from facetrain.config import ModelConfig
 from facetrain.data.preprocess import Preprocess
-from facetrain.evaluation.evaluate import embed_pairs_images, report_pairs
+from facetrain.evaluation.embedding import embed_pairs_images
+from facetrain.evaluation.evaluate import report_pairs
 from facetrain.evaluation.pairs import PairList, read_pairs
 from facetrain.models import build_embedder, load_model
 from facetrain.runtime import Precision
@@ -100,16 +101,6 @@ def test_load_model_reproduces_the_trained_embedder(faces, tmp_path):
     with torch.no_grad():
         assert torch.allclose(loaded.embedder(images), trainer.embedder(images), atol=1e-6)
     assert loaded.preprocess == Preprocess(32) and not loaded.embedder.training
-
-
-@pytest.fixture(scope="module")
-def orl_checkpoint(tmp_path_factory) -> Path:
-    """An (untrained) checkpoint of the demo's shape at 32 px: eval only needs weights and config."""
-    run = tmp_path_factory.mktemp("orl") / "run"
-    cfg = tiny_config(ORL, run, data={"val_identities": 10, "image_size": 32}, model={"embedding_dim": 32})
-    trainer = Trainer(cfg, progress=False)
-    trainer.setup()
-    return trainer.save()
 
 
 def test_cli_eval_on_the_bundled_orl_pairs(orl_checkpoint, tmp_path):

@@ -5,7 +5,7 @@ from facetrain.lazy import lazy_exports
 __getattr__, __dir__, __all__ = lazy_exports(
     __name__,
     {
-        "aligner": ("Aligned", "Aligner", "choose_face"),
+        "aligner": ("Aligned", "Aligner", "choose_face", "crop_with_landmarks"),
         "detect": ("Face", "FaceDetector"),
         "folder": ("AlignResult", "align_folder"),
         "geometry": ("umeyama", "warp"),

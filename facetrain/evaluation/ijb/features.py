@@ -1,0 +1,91 @@
+"""IJB image features: each loose crop aligned with its five landmarks and embedded with its mirror,
+or the same N x D array read from a ``.npy`` file (``--features``) and written to one (``--save-features``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from facetrain.data import Preprocess, crop_with_landmarks, quiet_worker
+from facetrain.errors import DataError
+from facetrain.evaluation.embedding import embed_batches
+from facetrain.evaluation.ijb.meta import Images
+from facetrain.files import atomic_write, require_file
+from facetrain.models import PixelEmbedder
+
+CHECK_ROWS = 65_536
+CROP = 112  # the landmarks are fitted onto ArcFace's 112 x 112 template, as insightface's evaluation does
+FEATURES_FIX = "give an N x D float array saved with numpy.save, one row per line of the name_5pts_score file"
+
+
+class LooseCrops(Dataset):
+    """The images of ``name_5pts_score``: read from ``folder``, aligned, sized for the model (uint8)."""
+
+    def __init__(self, folder: Path, images: Images, preprocess: Preprocess) -> None:
+        self.folder, self.images, self.preprocess = folder, images, preprocess
+
+    def __len__(self) -> int:
+        return len(self.images.names)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        name = self.images.names[index]
+        try:
+            crop = crop_with_landmarks(self.folder / name, self.images.landmarks[index], CROP, CROP)
+            return self.preprocess.fit(crop, name)
+        except DataError as exc:
+            raise DataError(f"{exc} (IJB image {index + 1}, '{name}')") from None
+
+
+def embed_images(
+    model: PixelEmbedder, folder: Path, images: Images, batch_size: int, num_workers: int, progress: bool
+) -> torch.Tensor:
+    """(N, D) float32: each image's feature plus its mirror's, not normalised (the field's "F2")."""
+    dataset = LooseCrops(folder, images, model.preprocess)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=model.device.type == "cuda",
+        worker_init_fn=quiet_worker,
+    )  # fmt: skip
+    with tqdm(total=len(dataset), unit="img", desc="embed", disable=not progress, dynamic_ncols=True) as bar:
+        _, fused = embed_batches(model, loader, flip=True, on_batch=bar.update)
+    assert fused is not None
+    return fused
+
+
+def read_features(path: str | Path, count: int) -> torch.Tensor:
+    """An (N, D) float32 array from ``--features``; never unpickles (``allow_pickle=False``)."""
+    file = require_file(path, DataError, "--features", FEATURES_FIX)
+    try:
+        array = np.load(file, allow_pickle=False)
+    except ValueError as exc:
+        message = str(exc)
+        objects = "object" in message.lower() or "pickle" in message
+        reason = "it holds Python objects" if objects else message.splitlines()[0]
+        raise DataError(f"--features: '{file}' cannot be read ({reason}): {FEATURES_FIX}") from None
+    except OSError:
+        raise DataError(f"--features: '{file}' is not a .npy file: {FEATURES_FIX}") from None
+    if array.ndim != 2 or array.shape[0] != count or array.shape[1] < 1:
+        raise DataError(
+            f"--features: '{file}' has shape {array.shape}, but the meta files list {count} images: {FEATURES_FIX}"
+        )
+    if not np.issubdtype(array.dtype, np.floating):
+        raise DataError(f"--features: '{file}' holds {array.dtype} values: {FEATURES_FIX}")
+    features = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))  # no copy for float32
+    for start in range(0, count, CHECK_ROWS):  # in chunks: a mask of all of IJB-C's features is 240 MB
+        finite = torch.isfinite(features[start : start + CHECK_ROWS]).all(dim=1)
+        if not bool(finite.all()):
+            row = start + int(torch.nonzero(~finite)[0])
+            raise DataError(f"--features: '{file}' row {row + 1} is not finite: {FEATURES_FIX}")
+    return features
+
+
+def save_features(features: torch.Tensor, path: str | Path) -> Path:
+    """Writes the features as ``.npy`` (to a temporary file, then renamed)."""
+    target = Path(path)
+    with atomic_write(target, "--save-features") as temp, open(temp, "wb") as file:
+        np.save(file, features.numpy().astype(np.float32, copy=False))
+    return target

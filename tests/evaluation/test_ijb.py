@@ -1,0 +1,229 @@
+"""IJB 1:1 and 1:N: the release's files, template pooling, both TAR@FAR rules, CMC and TPIR@FPIR,
+checked against the slow direct computation of ``ijb_set``; and ``facetrain eval --ijb`` end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ijb_set import (
+    build_faces,
+    build_layout,
+    direct_identification,
+    direct_tar,
+    direct_templates,
+)
+from typer.testing import CliRunner
+
+from facetrain.cli import app
+from facetrain.data import Aligner
+from facetrain.evaluation.ijb.features import LooseCrops
+from facetrain.evaluation.ijb.protocol import read_protocol
+from facetrain.evaluation.ijb.run import FAR_TARGETS, run_ijb
+from facetrain.evaluation.ijb.templates import PoolMode, pool_templates
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory):
+    return build_layout(tmp_path_factory.mktemp("ijb_layout"), templates=64, subjects=16)
+
+
+@pytest.fixture(scope="module")
+def features(layout) -> Path:
+    """Per-image features: a subject direction plus noise, with norms that vary (so the norm weights)."""
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((16, 24))
+    rows = [centres[layout.subject_of[tid]] * 0.6 + rng.standard_normal(24) for _, tid, _ in layout.rows]
+    array = np.array(rows, dtype=np.float32) * rng.uniform(0.2, 3.0, (len(rows), 1)).astype(np.float32)
+    path = layout.root / "features.npy"
+    np.save(path, array)
+    return path
+
+
+def pair_scores(layout, templates: dict[int, np.ndarray]) -> tuple[list[float], list[bool]]:
+    ids = sorted(layout.subject_of)
+    scores, labels = [], []
+    for i, first in enumerate(ids):
+        for second in ids[i + 1 :]:
+            scores.append(float(templates[first] @ templates[second]))
+            labels.append(layout.subject_of[first] == layout.subject_of[second])
+    return scores, labels
+
+
+@pytest.mark.parametrize("norm,detector", [(True, True), (False, False), (True, False)])
+def test_11_matches_the_direct_computation_under_both_rules(layout, features, norm, detector):
+    protocol = read_protocol(layout.root, "IJBC", "11", need_images=False)
+    report = run_ijb(protocol, features_file=features, mode=PoolMode(norm, detector))
+    scores, labels = pair_scores(layout, direct_templates(layout, np.load(features), norm, detector))
+    assert torch.allclose(report.scores.double(), torch.tensor(scores, dtype=torch.float64), atol=1e-5)
+    assert report.impostor == len(labels) - sum(labels) and report.genuine == sum(labels)
+    measured = 0
+    for key, far in FAR_TARGETS.items():
+        strict, nearest = direct_tar(report.scores.tolist(), labels, far)
+        assert report.tar_at_far[key] == pytest.approx(strict) if strict is not None else report.tar_at_far[key] is None
+        assert report.tar_at_far_insightface[key] == pytest.approx(nearest)
+        measured += strict is not None
+    assert measured == 3  # 1e-3 .. 1e-1 from ~2000 impostor pairs; 1e-4 and finer are n/a
+    assert report.tar_at_far["1e-4"] is None
+
+
+def test_the_norm_and_score_switches_change_the_templates(layout, features):
+    protocol = read_protocol(layout.root, "IJBC", "11", need_images=False)
+    kept = run_ijb(protocol, features_file=features, mode=PoolMode(True, True)).scores
+    normalised = run_ijb(protocol, features_file=features, mode=PoolMode(False, True)).scores
+    assert (kept - normalised).abs().max() > 1e-3
+
+
+def test_single_image_templates_and_media(layout, features):
+    """A one-image template's feature is its image's, normalised; a one-image media is that image."""
+    array = torch.from_numpy(np.load(features))
+    images = read_protocol(layout.root, "IJBC", "11", need_images=False).images
+    pooled = pool_templates(array, images.templates, images.medias, images.scores, PoolMode())
+    counts = np.bincount(images.templates)
+    single = int(np.flatnonzero(counts == 1)[0])
+    row = int(np.flatnonzero(images.templates == single)[0])
+    expected = torch.nn.functional.normalize(array[row : row + 1], dim=1)[0]
+    assert torch.allclose(pooled.features[np.searchsorted(pooled.ids, single)], expected, atol=1e-6)
+
+
+def test_1n_matches_the_direct_computation(layout, features):
+    protocol = read_protocol(layout.root, "IJBC", "1n", need_images=False)
+    report = run_ijb(protocol, features_file=features)
+    templates = direct_templates(layout, np.load(features))
+    galleries = [list(g.templates) for g in protocol.galleries]
+    probes = list(protocol.probes.templates)
+    for key, far in (("1e-1", 0.1), ("1e-2", 0.01)):
+        rank1, standard, pooled = direct_identification(layout, templates, galleries, probes, far)
+        assert report.cmc["rank-1"] == pytest.approx(rank1)
+        assert report.tpir_at_fpir_insightface[key] == pytest.approx(pooled)  # pools 48 x 16 non-mate scores
+        if far * 24 < 1:  # each gallery leaves 24 probes non-mated: FPIR 1e-2 is not measurable
+            assert report.tpir_at_fpir["G1"][key] is None and report.tpir_at_fpir["mean"][key] is None
+            continue
+        assert [report.tpir_at_fpir[g][key] for g in ("G1", "G2")] == pytest.approx(standard)
+        assert report.tpir_at_fpir["mean"][key] == pytest.approx(sum(standard) / 2)
+    assert report.cmc["rank-1"] <= report.cmc["rank-5"] <= report.cmc["rank-10"] <= 1.0
+    assert report.probes_without_mate == 0 and report.probes == len(probes)
+
+
+def test_duplicate_gallery_subjects_rank_by_the_best_mate(tmp_path, layout, features):
+    root = tmp_path / "dup"
+    (root / "meta").mkdir(parents=True)
+    for path in (layout.root / "meta").iterdir():
+        (root / "meta" / path.name).write_text(path.read_text())
+    g1 = root / "meta" / "ijbc_1N_gallery_G1.csv"
+    extra = [f"{tid},{layout.subject_of[tid]},x.jpg" for tid in (17, 18)]  # subjects 0 and 1 enrolled twice
+    g1.write_text(g1.read_text() + "\n".join(extra) + "\n")
+    protocol = read_protocol(root, "IJBC", "1n", need_images=False)
+    probes = [t for t in protocol.probes.templates if t not in (17, 18)]
+    report = run_ijb(protocol, features_file=features)
+    templates = direct_templates(layout, np.load(features))
+    rank1, standard, _ = direct_identification(
+        layout, templates, [list(g.templates) for g in protocol.galleries], list(protocol.probes.templates), 0.1
+    )
+    assert report.cmc["rank-1"] == pytest.approx(rank1) and len(probes) < report.probes
+    assert report.tpir_at_fpir["G1"]["1e-1"] == pytest.approx(standard[0])
+
+
+def cli(*args: str | Path):
+    return runner.invoke(app, ["eval", *map(str, args)])
+
+
+def test_cli_features_gives_the_direct_numbers(layout, features, tmp_path):
+    out = tmp_path / "ijb.json"
+    result = cli("--ijb", layout.root, "--features", features, "--json", out, "--plot", tmp_path / "roc.png")
+    assert result.exit_code == 0, result.output
+    assert "IJBC 1:1 verification" in result.stdout and "insightface (nearest FAR)" in result.stdout
+    assert "n/a" in result.stdout and "feature norm kept" in result.stdout
+    data = json.loads(out.read_text())["ijb"]
+    scores, labels = pair_scores(layout, direct_templates(layout, np.load(features)))
+    strict, nearest = direct_tar(scores, labels, 1e-2)
+    assert data["tar_at_far"]["1e-2"] == pytest.approx(strict, abs=1e-9)
+    assert data["tar_at_far_insightface"]["1e-2"] == pytest.approx(nearest, abs=1e-9)
+    assert (tmp_path / "roc.png").stat().st_size > 10_000
+    result = cli("--ijb", layout.root, "--features", features, "--protocol", "1n", "--no-norm")
+    assert result.exit_code == 0, result.output
+    assert "closed set (G1 ∪ G2): rank-1" in result.stdout and "insightface (pooled non-mates)" in result.stdout
+    assert "image features normalised" in result.stdout
+
+
+def one_line(result, *fragments: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
+
+
+def test_bad_protocol_files_are_one_line(layout, features, tmp_path):
+    root = tmp_path / "bad"
+    (root / "meta").mkdir(parents=True)
+    for path in (layout.root / "meta").iterdir():
+        (root / "meta" / path.name).write_text(path.read_text())
+    meta = root / "meta"
+    pairs = meta / "ijbc_template_pair_label.txt"
+    original = pairs.read_text()
+    pairs.write_text(original + "1 99999 0\n")
+    one_line(cli("--ijb", root, "--features", features), "template 99999 has no images in the face_tid_mid file")
+    pairs.write_text("1 2 7\n")
+    one_line(cli("--ijb", root, "--features", features), "line 1: label 7")
+    pairs.write_text(original)
+    points = meta / "ijbc_name_5pts_score.txt"
+    lines = points.read_text().splitlines()
+    points.write_text("\n".join([lines[0], "2.jpg 1 2 3", *lines[2:]]) + "\n")
+    one_line(cli("--ijb", root, "--features", features), "ijbc_name_5pts_score.txt, line 2: 4 fields")
+    points.write_text("\n".join([lines[1], lines[0], *lines[2:]]) + "\n")
+    one_line(cli("--ijb", root, "--features", features), "line 1: image '1.jpg'", "same order")
+    points.write_text("\n".join(lines) + "\n")
+    one_line(cli("--ijb", root, "--features", features, "--target", "IJBA"), "unknown IJB target 'IJBA'")
+    one_line(cli("--ijb", root, "--features", features, "--target", "IJBB"), "ijbb_name_5pts_score.txt' is missing")
+    one_line(cli("--ijb", root, "--features", features, "--protocol", "1n", "--plot", tmp_path / "p.png"),
+             "--plot draws the 1:1 ROC")  # fmt: skip
+    one_line(cli("--ijb", root), "give the model to score")
+    one_line(cli("--ijb", tmp_path / "nowhere", "--features", features), "--ijb")
+
+
+def test_bad_features_files_are_one_line(layout, tmp_path):
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((3, 8), np.float32))
+    one_line(cli("--ijb", layout.root, "--features", wrong), "has shape (3, 8)", "name_5pts_score")
+    objects = tmp_path / "objects.npy"
+    np.save(objects, np.array([{"a": 1}] * len(layout.rows), dtype=object), allow_pickle=True)
+    one_line(cli("--ijb", layout.root, "--features", objects), "holds Python objects")
+    text = tmp_path / "text.npy"
+    text.write_text("not numpy\n")
+    one_line(cli("--ijb", layout.root, "--features", text), "--features")
+
+
+@pytest.fixture(scope="module")
+def faces_set(tmp_path_factory):
+    return build_faces(tmp_path_factory.mktemp("ijb_faces"))
+
+
+def test_loose_crops_are_aligned_as_facetrain_align_crops(faces_set):
+    images = read_protocol(faces_set.root, "IJBC", "11", need_images=True).images
+    from facetrain.data import Preprocess
+
+    crops = LooseCrops(faces_set.root / "loose_crop", images, Preprocess(112))
+    aligned = Aligner().align_files([faces_set.root / "loose_crop" / images.names[0]])[0].crops[0]
+    difference = (crops[0].float() - aligned.float()).abs()
+    assert difference.mean() < 2.0  # the same warp; landmarks found on the JPEG vs the scene differ slightly
+
+
+def test_cli_end_to_end_on_faces_and_saved_features_agree(faces_set, orl_checkpoint, tmp_path):
+    checkpoint = orl_checkpoint
+    saved, first, second = tmp_path / "f.npy", tmp_path / "a.json", tmp_path / "b.json"
+    result = cli("--checkpoint", checkpoint, "--ijb", faces_set.root, "--save-features", saved, "--json", first)
+    assert result.exit_code == 0, result.output
+    assert np.load(saved).shape == (len(faces_set.rows), 32)
+    again = cli("--ijb", faces_set.root, "--features", saved, "--json", second)
+    assert again.exit_code == 0, again.output
+    a, b = json.loads(first.read_text())["ijb"], json.loads(second.read_text())["ijb"]
+    assert a["tar_at_far"] == b["tar_at_far"] and a["roc_auc"] == b["roc_auc"]
+    assert a["templates"] == 19 and a["genuine"] == 10  # 8 x (a, b); subject 0 has a third, one-image template
+    result = cli("--checkpoint", checkpoint, "--ijb", faces_set.root, "--protocol", "1n")
+    assert result.exit_code == 0, result.output
+    assert "2 probes have no mate in the galleries" in result.stdout
