@@ -85,6 +85,8 @@ CASES = [
     (["eval", "--ijb", "{i}/nowhere", "--features", "{i}/notes.txt"], "{i}/nowhere"),
     (["eval", "--ijb", "{i}", "--features", "{i}/notes.txt", "--target", "IJBA"], "unknown IJB target 'IJBA'"),
     (["eval", "--ijb", "{i}", "--features", "{i}/notes.txt"], "{i}/meta"),
+    (["eval", "--ijb", "{i}", "--features", "{i}/no.npy"], "--features '{i}/no.npy' not found"),
+    (["eval", "--ijb", "{i}", "--features", "{i}/notes.txt", "--no-flip"], "always adds the mirror's features"),
     (["eval", "--ijb", "{i}", "--protocol", "1:1", "--features", "{i}/notes.txt"], "unknown protocol '1:1'"),
     (["eval", "--checkpoint", "{i}/archive.pt", "--suite", "{i}/empty"], "--suite"),
     (["eval", "--checkpoint", "{i}/archive.pt", "--features", "{i}/notes.txt"], "--features goes with --ijb"),

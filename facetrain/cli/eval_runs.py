@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from facetrain.errors import ConfigError
+from facetrain.errors import ConfigError, DataError
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,8 @@ def run_pairs_command(
         pair_lists = read_suite(suite)
     else:
         pair_lists = read_pairs_files(pairs, images, pairs_format)  # before torch and the model
+    if not pair_lists and request.model is not None and (cfg is None or not cfg.eval.sets):
+        raise ConfigError("nothing to evaluate: pass --pairs FILE (and --images ROOT), --suite DIR or --ijb ROOT")
     from facetrain.evaluation import format_report, format_suite, run_eval, write_json, write_plots
 
     setup = load_setup(request, cfg)
@@ -144,18 +146,25 @@ def run_pairs_command(
 
 
 def run_ijb_command(request: EvalRequest, options: IjbOptions) -> None:
-    from facetrain.evaluation import read_protocol
-    from facetrain.files import output_path
+    from facetrain.evaluation import FEATURES_FIX, read_protocol
+    from facetrain.files import output_path, require_file
 
     if options.features is not None and request.source is not None:
         raise ConfigError("--features gives the image features: drop --checkpoint/--model, or --features")
+    if options.features is not None and (request.batch_size is not None or request.workers is not None):
+        raise ConfigError("--batch-size and --workers size the embedding, which --features skips: drop them")
     if options.features is not None and options.save_features is not None:
         raise ConfigError("--save-features writes what --features already holds: drop one")
     if request.plot is not None and options.protocol == "1n":
         raise ConfigError("--plot draws the 1:1 ROC: drop it with --protocol 1n")
     cfg = check_request(request, needs_model=options.features is None, inputs=(options.features,))
+    if options.features is not None:
+        require_file(options.features, DataError, "--features", FEATURES_FIX)
     if options.save_features is not None:
         output_path(options.save_features, "--save-features", inputs=(request.source,))
+    outputs = [path.resolve() for path in (request.json_out, request.plot, options.save_features) if path]
+    if len(set(outputs)) < len(outputs):
+        raise ConfigError("--json, --plot and --save-features name the same file: give each its own")
     protocol = read_protocol(options.root, options.target, options.protocol, need_images=options.features is None)
     from facetrain.evaluation import PoolMode, format_ijb, run_ijb, write_ijb_json, write_ijb_plot
 

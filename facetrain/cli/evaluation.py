@@ -77,7 +77,13 @@ def eval_command(
     ] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, max=65_536, help="Images per batch.")] = None,
     workers: Annotated[
-        int | None, typer.Option("--workers", min=0, max=256, help="Loader processes (default: data.num_workers).")
+        int | None,
+        typer.Option(
+            "--workers",
+            min=0,
+            max=256,
+            help="Loader processes (default: data.num_workers; 0 for a --model without --config).",
+        ),
     ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write every number, per fold too, here.")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write the ROC and score histograms as PNG.")] = None,
@@ -104,6 +110,16 @@ def eval_command(
     if ijb is not None:
         if pairs or suite is not None:
             raise ConfigError("--ijb scores the IJB protocol alone: drop --pairs and --suite")
+        pairs_only = {
+            "--folds": folds,
+            "--images": images,
+            "--format": None if pairs_format == "auto" else pairs_format,
+        }
+        for option, value in pairs_only.items():
+            if value is not None:
+                raise ConfigError(f"{option} applies to pairs lists: drop it with --ijb")
+        if flip is not None:
+            raise ConfigError("--flip/--no-flip: the IJB protocol always adds the mirror's features: drop it")
         ijb_options = IjbOptions(
             ijb, target or "IJBC", protocol or "11", norm is not False, detector_score is not False, features,
             save_features,

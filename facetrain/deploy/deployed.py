@@ -9,6 +9,7 @@ reads it; facetrain is not needed.
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -60,11 +61,27 @@ class ModelMetadata:
             data["mean"], data["std"] = tuple(data["mean"]), tuple(data["std"])
             metadata = cls(**data)
             check_threshold(metadata.threshold, f"'{source}': {METADATA_NAME} threshold", CheckpointError)
+            metadata.check()
             return metadata
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise CheckpointError(
                 f"'{source}': its {METADATA_NAME} is unreadable ({exc}): re-export the model"
             ) from None
+
+    def check(self) -> None:
+        """Raises ValueError on fields no export writes (a damaged or hand-edited file)."""
+        if not (_whole(self.image_size) and 8 <= self.image_size <= 4096):
+            raise ValueError(f"image_size {self.image_size!r} is not a side of 8 to 4096 pixels")
+        if not (_whole(self.embedding_dim) and self.embedding_dim >= 1):
+            raise ValueError(f"embedding_dim {self.embedding_dim!r} is not a positive whole number")
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) != 3 or not all(_finite(v) for v in values):
+                raise ValueError(f"{name} {list(values)!r} is not three finite numbers")
+        if any(v <= 0 for v in self.std):
+            raise ValueError(f"std {list(self.std)!r} has a value <= 0")
+        crop = self.center_crop
+        if crop is not None and not ((_whole(crop) and crop >= 1) or (_finite(crop) and 0 < crop <= 1)):
+            raise ValueError(f"center_crop {crop!r} is neither a size in pixels nor a fraction in (0, 1]")
 
     @property
     def preprocess(self) -> Preprocess:
@@ -97,9 +114,20 @@ def read_torchscript(
     except Exception:  # a damaged file: the callers let only TorchScript through
         raise CheckpointError(f"model '{file}' is damaged or truncated: {fix}") from None
     text = extra[METADATA_NAME]
-    return model.eval(), text.decode() if isinstance(text, bytes) else text
+    try:
+        return model.eval(), text.decode() if isinstance(text, bytes) else text
+    except UnicodeDecodeError:
+        raise CheckpointError(f"model '{file}': its {METADATA_NAME} is not text: {fix}") from None
 
 
 def _pixel_units(values: tuple[float, float, float]) -> tuple[float, float, float]:
     """0-1 units (the metadata's, torchvision's) -> 0-255 pixel units (``InputSpec``'s)."""
     return values[0] * 255.0, values[1] * 255.0, values[2] * 255.0
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -142,11 +142,14 @@ def load_scorable(
 
 def _load_torchscript(file: ModelFile, device: torch.device) -> ScriptEmbedder:
     module, text = read_torchscript(file.path, device, MODEL_FIX)
+    if file.exported and not text:  # check_model_input saw the entry; an empty one is damage
+        raise CheckpointError(f"model '{file.path}': its {METADATA_NAME} is empty: re-export the model")
     metadata = ModelMetadata.from_json(text, str(file.path)) if text else None
     if metadata is not None:
         spec = metadata.input_spec
+    elif file.input_size is None:
+        raise ConfigError(f"--input-size: model '{file.path}' is a foreign TorchScript model: {SIZE_FIX}")
     else:
-        assert file.input_size is not None  # check_model_input requires it for a foreign TorchScript model
         spec = InputSpec(file.input_size, None, file.mean, file.std, file.channels, file.layout)
     return ScriptEmbedder(module, file, spec, device, metadata)
 

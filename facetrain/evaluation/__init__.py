@@ -9,6 +9,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
         "evaluate": (
             "FAR_TARGETS", "PairsReport", "eval_setup", "load_pairs_set", "report_pairs", "run_eval", "unique_names",
         ),
+        "ijb.meta": ("FEATURES_FIX",),
         "ijb.report": ("format_ijb", "write_ijb_json", "write_ijb_plot"),
         "ijb.protocol": ("read_protocol",),
         "ijb.run": ("run_ijb",),

@@ -42,7 +42,7 @@ def read_bin(path: Path) -> tuple[list[bytes], list[bool]]:
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise DataError(f"{where}: {_SHAPE}, got {type(data).__name__}: this is not a pairs .bin")
     images, is_same = data
-    if isinstance(images, np.ndarray) and not images.dtype.hasobject and images.ndim == 4:
+    if isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 4 and images.shape[-1] == 3:
         images = list(images)  # (N, H, W, 3) pixels saved as one array
     if not isinstance(images, (list, tuple)):
         raise DataError(f"{where}: {_SHAPE}, but the images are a {type(images).__name__}: this is not a pairs .bin")

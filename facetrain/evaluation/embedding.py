@@ -6,7 +6,7 @@ two outputs before anything else happens to them (the field's "F2" mode).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -54,24 +54,35 @@ def embed_batches(
 
     The second is None without ``flip``. ``on_batch(count)`` is called after each batch (progress bars).
     """
-    restore = model.prepare()
     plain, fused = [], []
-    try:
-        for pixels in batches:
-            pixels = pixels.to(model.device, non_blocking=True)
-            outputs = model(torch.cat([pixels, pixels.flip(-1)]) if flip else pixels)
-            check_output(model, outputs, len(pixels) * (2 if flip else 1))
-            direct = outputs[: len(pixels)]
-            plain.append(direct.float().cpu())
-            if flip:
-                fused.append((direct + outputs[len(pixels) :]).float().cpu())
-            if on_batch is not None:
-                on_batch(len(pixels))
-    finally:
-        restore()
+    for direct, both in feature_batches(model, batches, flip):
+        plain.append(direct)
+        if both is not None:
+            fused.append(both)
+        if on_batch is not None:
+            on_batch(len(direct))
     if not plain:  # a rank's share of a tiny list may hold no image
         plain = fused = [torch.empty(0, getattr(model, "embedding_dim", 0) or 0)]
     return torch.cat(plain), torch.cat(fused) if flip else None
+
+
+def feature_batches(
+    model: PixelEmbedder, batches: Iterable[torch.Tensor], flip: bool
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Per batch: (plain, image + mirror or None) unnormalised float32 features on the CPU. One forward
+    pass takes the batch and its mirror; the model is in inference mode throughout."""
+    restore = model.prepare()
+    try:
+        with torch.no_grad():
+            for pixels in batches:
+                pixels = pixels.to(model.device, non_blocking=True)
+                outputs = model(torch.cat([pixels, pixels.flip(-1)]) if flip else pixels)
+                check_output(model, outputs, len(pixels) * (2 if flip else 1))
+                direct = outputs[: len(pixels)]
+                fused = (direct + outputs[len(pixels) :]).float().cpu() if flip else None
+                yield direct.float().cpu(), fused
+    finally:
+        restore()
 
 
 def check_output(model: PixelEmbedder, outputs: torch.Tensor, rows: int) -> None:

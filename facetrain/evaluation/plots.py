@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 FIGURE_SIZE = (11.0, 4.5)
 HISTOGRAM_BINS = 40
 DPI = 100
+PLOTTED_POINTS = 20_000  # ROC points drawn at most, log-spaced along the curve
 
 
 def _as_pairs(scores: torch.Tensor, is_same: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,6 +68,10 @@ def _draw_roc(axes: Axes, scores: torch.Tensor, is_same: torch.Tensor, threshold
         _draw_message(axes, "ROC needs both genuine and impostor pairs")
         return
     far, tar, _ = roc_curve(scores, is_same)
+    if len(far) > PLOTTED_POINTS:  # millions of points (IJB-C's 15.7M pairs) draw as these few thousand
+        steps = torch.logspace(0, math.log10(len(far) - 1), PLOTTED_POINTS).long()
+        keep = torch.unique(torch.cat([torch.zeros(1, dtype=torch.long), steps, torch.tensor([len(far) - 1])]))
+        far, tar = far[keep], tar[keep]
     # FAR = 0 has no place on a log axis. Clip it (rather than drop it) to half the smallest
     # measurable FAR, so the TAR reached with no false accepts still shows at the left edge.
     floor = 1.0 / negatives / 2

@@ -324,3 +324,31 @@ def test_cli_option_errors_come_before_torch(models, checkpoint, tmp_path):
     ):
         assert code == 2 and expected in said, (args, said)
         assert len(said.strip().splitlines()) == 1 and not imported, (args, said)
+
+
+@pytest.mark.parametrize(
+    "metadata, expected",
+    [
+        (b"", "facetrain.json is empty: re-export the model"),
+        (b"\xff\xfe\x00bad", "facetrain.json is not text"),
+        (b'{"image_size": -3}', "is unreadable"),
+        (None, "image_size -3 is not a side of 8 to 4096 pixels"),
+    ],
+)
+def test_a_damaged_facetrain_json_is_one_line(metadata, expected, tmp_path):
+    """An export's metadata is read from the user's file: damage is a message, never a traceback."""
+    from facetrain.deploy.deployed import ModelMetadata
+
+    if metadata is None:
+        good = ModelMetadata("resnet18", 8, 32, None).to_json()
+        metadata = good.replace('"image_size": 32', '"image_size": -3').encode()
+    path = tmp_path / "damaged.pt"
+    net = torch.jit.script(_Flat())
+    torch.jit.save(net, str(path), _extra_files={"facetrain.json": metadata})
+    with pytest.raises(CheckpointError, match=expected):
+        load_scorable(path, CPU)
+
+
+class _Flat(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, :8]

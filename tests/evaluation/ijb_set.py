@@ -155,7 +155,7 @@ def direct_tar(scores: list[float], labels: list[bool], far: float) -> tuple[flo
 
 
 def direct_identification(layout: Layout, templates: dict[int, np.ndarray], galleries, probes, far: float):
-    """(rank-1 over the union, per-gallery standard TPIR, insightface's pooled TPIR) the slow way."""
+    """({k: rank-k share} over the union, per-gallery standard TPIR, insightface's pooled TPIR) the slow way."""
     union = [t for g in galleries for t in g]
     sims = np.array([[templates[p] @ templates[g] for g in union] for p in probes])
     ranks = []
@@ -163,7 +163,7 @@ def direct_identification(layout: Layout, templates: dict[int, np.ndarray], gall
         order = np.argsort(-sims[i], kind="stable")
         mates = [k for k, g in enumerate(union) if layout.subject_of[g] == layout.subject_of[probe]]
         ranks.append(1 + min(int(np.flatnonzero(order == k)[0]) for k in mates) if mates else 0)
-    rank1 = sum(r == 1 for r in ranks) / len(probes)
+    cmc = {k: sum(1 <= r <= k for r in ranks) / len(probes) for k in (1, 5, 10)}
     standard = []
     for gallery in galleries:
         best_nm, mated = [], []
@@ -184,4 +184,4 @@ def direct_identification(layout: Layout, templates: dict[int, np.ndarray], gall
     mate_scores = [max([sims[i, k] for k, g in enumerate(union) if layout.subject_of[g] == layout.subject_of[p]],
                        default=-math.inf) for i, p in enumerate(probes)]  # fmt: skip
     pooled = sum(m > bar for m in mate_scores) / len(probes)
-    return rank1, standard, pooled
+    return cmc, standard, pooled

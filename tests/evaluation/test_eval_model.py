@@ -60,9 +60,18 @@ def test_a_model_runs_the_ijb_protocol_and_the_report_names_it(models, tmp_path)
     crops.mkdir()
     for index, (name, _, _) in enumerate(layout.rows):  # any face photo stands in for a loose crop here
         (crops / name).write_bytes((ORL / f"s{index % 40 + 1}" / "1.pgm").read_bytes())
-    result = cli("eval", "--model", models["foreign"], "--input-size", "32", "--ijb", layout.root)
-    assert result.exit_code == 0, result.output
-    assert "IJBC 1:1 verification, foreign.pt:" in result.stdout
+    numbers = {}
+    for name, source in (("model", ("--model", models["foreign"], "--input-size", "32")),
+                         ("checkpoint", ("--checkpoint", models["checkpoint"]))):  # fmt: skip
+        result = cli("eval", *source, "--ijb", layout.root, "--json", tmp_path / f"{name}.json")
+        assert result.exit_code == 0, result.output
+        numbers[name] = json.loads((tmp_path / f"{name}.json").read_text())["ijb"]
+    assert numbers["model"]["model"] == "foreign.pt" and numbers["checkpoint"]["model"].startswith("checkpoint '")
+    # The same network under the foreign convention: the same features, so the same numbers.
+    assert numbers["model"]["roc_auc"] == pytest.approx(numbers["checkpoint"]["roc_auc"], abs=1e-6)
+    assert numbers["model"]["tar_at_far"] == pytest.approx(numbers["checkpoint"]["tar_at_far"])
+    exported = cli("eval", "--model", models["export"], "--ijb", layout.root)
+    assert exported.exit_code == 0 and "this model's outputs have unit norm" in exported.stdout
 
 
 def test_model_options_are_checked_with_the_rest(models):

@@ -4,6 +4,7 @@ checked against the slow direct computation of ``ijb_set``; and ``facetrain eval
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +17,14 @@ from ijb_set import (
     direct_tar,
     direct_templates,
 )
+from PIL import Image
 from typer.testing import CliRunner
 
 from facetrain.cli import app
-from facetrain.data import Aligner
+from facetrain.data import Aligner, crop_with_landmarks
+from facetrain.data.align.geometry import umeyama, warp
+from facetrain.data.align.options import template
+from facetrain.errors import DataError
 from facetrain.evaluation.ijb.features import LooseCrops
 from facetrain.evaluation.ijb.protocol import read_protocol
 from facetrain.evaluation.ijb.run import FAR_TARGETS, run_ijb
@@ -98,8 +103,8 @@ def test_1n_matches_the_direct_computation(layout, features):
     galleries = [list(g.templates) for g in protocol.galleries]
     probes = list(protocol.probes.templates)
     for key, far in (("1e-1", 0.1), ("1e-2", 0.01)):
-        rank1, standard, pooled = direct_identification(layout, templates, galleries, probes, far)
-        assert report.cmc["rank-1"] == pytest.approx(rank1)
+        cmc, standard, pooled = direct_identification(layout, templates, galleries, probes, far)
+        assert [report.cmc[f"rank-{k}"] for k in (1, 5, 10)] == pytest.approx([cmc[1], cmc[5], cmc[10]])
         assert report.tpir_at_fpir_insightface[key] == pytest.approx(pooled)  # pools 48 x 16 non-mate scores
         if far * 24 < 1:  # each gallery leaves 24 probes non-mated: FPIR 1e-2 is not measurable
             assert report.tpir_at_fpir["G1"][key] is None and report.tpir_at_fpir["mean"][key] is None
@@ -110,23 +115,39 @@ def test_1n_matches_the_direct_computation(layout, features):
     assert report.probes_without_mate == 0 and report.probes == len(probes)
 
 
-def test_duplicate_gallery_subjects_rank_by_the_best_mate(tmp_path, layout, features):
-    root = tmp_path / "dup"
+def copy_meta(source: Path, root: Path) -> Path:
     (root / "meta").mkdir(parents=True)
-    for path in (layout.root / "meta").iterdir():
+    for path in (source / "meta").iterdir():
         (root / "meta" / path.name).write_text(path.read_text())
-    g1 = root / "meta" / "ijbc_1N_gallery_G1.csv"
-    extra = [f"{tid},{layout.subject_of[tid]},x.jpg" for tid in (17, 18)]  # subjects 0 and 1 enrolled twice
-    g1.write_text(g1.read_text() + "\n".join(extra) + "\n")
-    protocol = read_protocol(root, "IJBC", "1n", need_images=False)
-    probes = [t for t in protocol.probes.templates if t not in (17, 18)]
+    return root / "meta"
+
+
+def test_duplicate_gallery_subjects_rank_by_the_best_mate(tmp_path, layout, features):
+    """Templates 17 and 18 (subjects 0 and 1) move from the probes to G1: two gallery templates each."""
+    meta = copy_meta(layout.root, tmp_path / "dup")
+    probes_file, g1 = meta / "ijbc_1N_probe_mixed.csv", meta / "ijbc_1N_gallery_G1.csv"
+    lines = probes_file.read_text().splitlines()
+    moved = [line for line in lines[1:] if line.split(",")[0] in ("17", "18")]
+    probes_file.write_text("\n".join(line for line in lines if line not in moved) + "\n")
+    g1.write_text(g1.read_text() + "\n".join(moved) + "\n")
+    protocol = read_protocol(tmp_path / "dup", "IJBC", "1n", need_images=False)
+    assert 17 not in protocol.probes.templates and len(protocol.galleries[0].templates) == 10
     report = run_ijb(protocol, features_file=features)
     templates = direct_templates(layout, np.load(features))
-    rank1, standard, _ = direct_identification(
-        layout, templates, [list(g.templates) for g in protocol.galleries], list(protocol.probes.templates), 0.1
-    )
-    assert report.cmc["rank-1"] == pytest.approx(rank1) and len(probes) < report.probes
+    galleries = [list(g.templates) for g in protocol.galleries]
+    cmc, standard, pooled = direct_identification(layout, templates, galleries, list(protocol.probes.templates), 0.1)
+    assert report.cmc["rank-1"] == pytest.approx(cmc[1]) and report.cmc["rank-10"] == pytest.approx(cmc[10])
     assert report.tpir_at_fpir["G1"]["1e-1"] == pytest.approx(standard[0])
+    assert report.tpir_at_fpir_insightface["1e-1"] == pytest.approx(pooled)  # the best mate is the positive
+    assert report.probes == 46
+
+
+def test_ties_count_against_the_probe(layout, tmp_path):
+    """A model that says nothing (every feature equal) must not rank anyone first."""
+    same = tmp_path / "same.npy"
+    np.save(same, np.ones((len(layout.rows), 8), np.float32))
+    report = run_ijb(read_protocol(layout.root, "IJBC", "1n", need_images=False), features_file=same)
+    assert report.cmc["rank-1"] == 0.0 and report.tpir_at_fpir["G1"]["1e-1"] == 0.0
 
 
 def cli(*args: str | Path):
@@ -170,6 +191,8 @@ def test_bad_protocol_files_are_one_line(layout, features, tmp_path):
     one_line(cli("--ijb", root, "--features", features), "template 99999 has no images in the face_tid_mid file")
     pairs.write_text("1 2 7\n")
     one_line(cli("--ijb", root, "--features", features), "line 1: label 7")
+    pairs.write_text("1 2 0\n1 3 0\n")
+    one_line(cli("--ijb", root, "--features", features), "0 genuine and 2 impostor pairs: 1:1 verification needs both")
     pairs.write_text(original)
     points = meta / "ijbc_name_5pts_score.txt"
     lines = points.read_text().splitlines()
@@ -196,6 +219,13 @@ def test_bad_features_files_are_one_line(layout, tmp_path):
     text = tmp_path / "text.npy"
     text.write_text("not numpy\n")
     one_line(cli("--ijb", layout.root, "--features", text), "--features")
+    archive = tmp_path / "archive.npz"
+    np.savez(archive, features=np.zeros((len(layout.rows), 8), np.float32))
+    one_line(cli("--ijb", layout.root, "--features", archive), "is an .npz archive, not one array")
+    empty = tmp_path / "empty.npy"
+    empty.write_bytes(b"")
+    one_line(cli("--ijb", layout.root, "--features", empty), "is empty")
+    one_line(cli("--ijb", layout.root, "--features", tmp_path / "missing.npy"), "--features", "missing.npy")
 
 
 @pytest.fixture(scope="module")
@@ -227,3 +257,50 @@ def test_cli_end_to_end_on_faces_and_saved_features_agree(faces_set, orl_checkpo
     result = cli("--checkpoint", checkpoint, "--ijb", faces_set.root, "--protocol", "1n")
     assert result.exit_code == 0, result.output
     assert "2 probes have no mate in the galleries" in result.stdout
+
+
+def test_options_that_do_not_apply_and_clashing_outputs_are_one_line(layout, features, tmp_path):
+    base = ("--ijb", layout.root, "--features", features)
+    one_line(cli(*base, "--no-flip"), "always adds the mirror's features")
+    one_line(cli(*base, "--folds", "3"), "--folds applies to pairs lists")
+    one_line(cli(*base, "--images", tmp_path), "--images applies to pairs lists")
+    one_line(cli(*base, "--workers", "2"), "which --features skips")
+    one_line(cli(*base, "--json", tmp_path / "x", "--plot", tmp_path / "x"), "name the same file")
+    one_line(cli("--pairs", features, "--checkpoint", features, "--no-norm"), "--norm/--no-norm goes with --ijb")
+
+
+def test_a_bad_number_names_its_line(layout, tmp_path):
+    meta = copy_meta(layout.root, tmp_path / "lines")
+    pairs = meta / "ijbc_template_pair_label.txt"
+    lines = pairs.read_text().splitlines()
+    pairs.write_text("\n".join([*lines[:4], "1 two 0", *lines[5:]]) + "\n")
+    with pytest.raises(DataError, match=r"template_pair_label.txt, line 5: field 2 'two' is not a number"):
+        read_protocol(tmp_path / "lines", "IJBC", "11", need_images=False)
+    g2 = meta / "ijbc_1N_gallery_G2.csv"
+    rows = g2.read_text().splitlines()
+    g2.write_text("\n".join([*rows[:3], "x,1", *rows[3:]]) + "\n")
+    with pytest.raises(DataError, match=r"gallery_G2.csv, line 4: field 1 'x' is not a number"):
+        read_protocol(tmp_path / "lines", "IJBC", "1n", need_images=False)
+
+
+def test_a_missing_loose_crop_is_found_before_the_model_loads(faces_set, tmp_path):
+    root = tmp_path / "ijb"
+    shutil.copytree(faces_set.root, root)
+    (root / "loose_crop" / faces_set.rows[40][0]).unlink()
+    (root / "loose_crop" / faces_set.rows[41][0]).unlink()
+    with pytest.raises(DataError, match=r"image '41.jpg' \(line 41 of the name_5pts_score file\) .* nor are 1 more"):
+        read_protocol(root, "IJBC", "11", need_images=True)
+
+
+def test_a_large_photo_decoded_small_crops_as_the_full_decode(tmp_path):
+    """A big JPEG is decoded at 1/2 or 1/4 of its size; its odd sides must not shift the landmarks."""
+    for width, height in ((2001, 1501), (4001, 3001)):
+        low = torch.rand(3, height // 40, width // 40, generator=torch.Generator().manual_seed(width))
+        pixels = torch.nn.functional.interpolate(low[None], size=(height, width), mode="bicubic")[0]
+        path = tmp_path / f"{width}.jpg"
+        Image.fromarray(pixels.clamp(0, 1).mul(255).byte().permute(1, 2, 0).numpy()).save(path, quality=95)
+        points = np.array([[0.45, 0.45], [0.55, 0.45], [0.5, 0.52], [0.46, 0.6], [0.54, 0.6]]) * [width, height]
+        full = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)
+        expected = warp(full, umeyama(points, template(112, 112)), 112, 112)
+        difference = (crop_with_landmarks(path, points).float() - expected.float()).abs().mean()
+        assert difference < 0.8, (width, float(difference))  # a 1-px shift of the landmarks gives several

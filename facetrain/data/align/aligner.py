@@ -6,6 +6,7 @@ them with ``all_faces``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,7 +141,10 @@ class Photo:
     def open(cls, path: Path) -> Photo:
         image = load_image(path, min_side=DETECT_SIDE // 2, upright=True)
         with Image.open(path) as header:  # reads the header only
-            scale = max(image.size) / max(header.size)
+            ratio = max(header.size) / max(image.size)
+        # A reduced JPEG decode scales by exactly 1/2, 1/4 or 1/8 (a side that does not divide is rounded
+        # up), so the factor is that power of two, not the ratio of the sides.
+        scale = 2.0 ** -round(math.log2(ratio)) if ratio > 1 else 1.0
         return cls(TF.pil_to_tensor(image), path, scale)
 
     def full(self) -> torch.Tensor:
@@ -150,8 +154,9 @@ class Photo:
 
 def crop_with_landmarks(path: str | Path, points: np.ndarray, width: int = 112, height: int = 112) -> torch.Tensor:
     """The (3, height, width) uint8 ArcFace crop of the photo at ``path`` whose five landmarks
-    (left eye, right eye, nose, left and right mouth corners, in pixel-index units of the photo as
-    stored) are given: what a benchmark that ships its landmarks (IJB) asks for, with no detection."""
+    (left eye, right eye, nose, left and right mouth corners, in pixel-index units of the photo turned
+    upright by its EXIF orientation, as OpenCV's imread reads it) are given: what a benchmark that ships
+    its landmarks (IJB) asks for, with no detection."""
     photo = Photo.open(Path(path))
     points = np.asarray(points, np.float64)
     matrix = umeyama((points + 0.5) * photo.scale - 0.5, template(width, height))

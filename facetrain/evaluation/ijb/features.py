@@ -13,14 +13,13 @@ from tqdm import tqdm
 
 from facetrain.data import Preprocess, crop_with_landmarks, quiet_worker
 from facetrain.errors import DataError
-from facetrain.evaluation.embedding import embed_batches
-from facetrain.evaluation.ijb.meta import Images
+from facetrain.evaluation.embedding import feature_batches
+from facetrain.evaluation.ijb.meta import FEATURES_FIX, Images
 from facetrain.files import atomic_write, require_file
 from facetrain.models import PixelEmbedder
 
 CHECK_ROWS = 65_536
 CROP = 112  # the landmarks are fitted onto ArcFace's 112 x 112 template, as insightface's evaluation does
-FEATURES_FIX = "give an N x D float array saved with numpy.save, one row per line of the name_5pts_score file"
 
 
 class LooseCrops(Dataset):
@@ -50,10 +49,18 @@ def embed_images(
         dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=model.device.type == "cuda",
         worker_init_fn=quiet_worker,
     )  # fmt: skip
+    features: torch.Tensor | None = None  # filled in place: IJB-C's are 0.96 GB at 512-d
+    done = 0
     with tqdm(total=len(dataset), unit="img", desc="embed", disable=not progress, dynamic_ncols=True) as bar:
-        _, fused = embed_batches(model, loader, flip=True, on_batch=bar.update)
-    assert fused is not None
-    return fused
+        for _, fused in feature_batches(model, loader, flip=True):
+            assert fused is not None
+            if features is None:
+                features = torch.empty(len(dataset), fused.shape[1])
+            features[done : done + len(fused)] = fused
+            done += len(fused)
+            bar.update(len(fused))
+    assert features is not None and done == len(dataset)
+    return features
 
 
 def read_features(path: str | Path, count: int) -> torch.Tensor:
@@ -61,6 +68,8 @@ def read_features(path: str | Path, count: int) -> torch.Tensor:
     file = require_file(path, DataError, "--features", FEATURES_FIX)
     try:
         array = np.load(file, allow_pickle=False)
+    except EOFError:
+        raise DataError(f"--features: '{file}' is empty: {FEATURES_FIX}") from None
     except ValueError as exc:
         message = str(exc)
         objects = "object" in message.lower() or "pickle" in message
@@ -68,6 +77,9 @@ def read_features(path: str | Path, count: int) -> torch.Tensor:
         raise DataError(f"--features: '{file}' cannot be read ({reason}): {FEATURES_FIX}") from None
     except OSError:
         raise DataError(f"--features: '{file}' is not a .npy file: {FEATURES_FIX}") from None
+    if not isinstance(array, np.ndarray):  # an .npz archive
+        array.close()
+        raise DataError(f"--features: '{file}' is an .npz archive, not one array (.npy): {FEATURES_FIX}")
     if array.ndim != 2 or array.shape[0] != count or array.shape[1] < 1:
         raise DataError(
             f"--features: '{file}' has shape {array.shape}, but the meta files list {count} images: {FEATURES_FIX}"

@@ -1,7 +1,8 @@
 """IJB 1:N identification from template features: closed-set CMC and open-set TPIR at FPIR.
 
 - Closed set (as insightface's script): every mixed probe searches the union of the two galleries;
-  its rank is 1 + the number of other subjects' gallery templates that score above its best mate.
+  its rank is 1 + the number of other subjects' gallery templates that score at least as high as its
+  best mate (a tie counts against it).
 - Open set (the standard definition): probes search each gallery alone. A probe whose subject is not
   enrolled there is a non-mated search; FPIR(t) is the share of non-mated searches whose best score
   is >= t; TPIR(t) is the share of mated searches whose mate is rank 1 with a score >= t. At a
@@ -51,7 +52,7 @@ def search(
         mate = subjects[:, None] == gallery_ids[None, :]
         others = scores.masked_fill(mate, -math.inf)
         mate_score = scores.masked_fill(~mate, -math.inf).amax(dim=1)
-        rank = 1 + (others > mate_score[:, None]).sum(dim=1)
+        rank = 1 + (others >= mate_score[:, None]).sum(dim=1)  # a tie counts against the probe
         best_mate.append(mate_score)
         best_other.append(others.amax(dim=1))
         ranks.append(torch.where(mate.any(dim=1), rank, torch.zeros_like(rank)))

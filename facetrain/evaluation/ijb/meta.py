@@ -14,6 +14,7 @@ file and its line.
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from facetrain.files import require_folder
 
 TARGETS = ("IJBC", "IJBB")
 ROOT_FIX = "give the folder that holds meta/ and loose_crop/ (insightface's IJB release layout)"
+FEATURES_FIX = "give an N x D float array saved with numpy.save, one row per line of the name_5pts_score file"
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,13 @@ def _numbers(
             )
     except ValueError as exc:
         detail = str(exc).splitlines()[0]
+        found = re.search(r"could not convert string '(.*)' to \w+ at row (\d+), column (\d+)", detail)
+        if found:  # numpy counts data rows from 0; people count the file's lines from 1
+            line = int(found.group(2)) + 1 + skip
+            raise DataError(
+                f"{path}, line {line}: field {found.group(3)} '{found.group(1)}' is not a number: each line must "
+                f"be {kind}"
+            ) from None
         raise DataError(f"{path}: not {kind} ({detail}): each line must be {kind}") from None
     except UnicodeDecodeError:
         raise DataError(f"{path}: not a text file: each line must be {kind}") from None

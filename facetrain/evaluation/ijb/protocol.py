@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,9 +48,17 @@ def read_protocol(root: str | Path, target: str, protocol: str, need_images: boo
     if need_images:
         require_folder(folder / "loose_crop", ConfigError, "--ijb", ROOT_FIX + " (or give --features FILE.npy)")
     images = read_images(folder, target)
+    if need_images:
+        require_crops(folder / "loose_crop", images.names)
     known = np.unique(images.templates)
     if protocol == "11":
         pairs = read_pairs(folder, target)
+        genuine = int(pairs.label.sum())
+        if genuine == 0 or genuine == len(pairs.label):
+            raise DataError(
+                f"{pairs.source}: {genuine} genuine and {len(pairs.label) - genuine} impostor pairs: 1:1 "
+                "verification needs both kinds (is the file complete?)"
+            )
         for ids in (pairs.first, pairs.second):
             require_templates(ids, known, pairs.source)
         return Protocol(folder, target, protocol, images, pairs=pairs)
@@ -70,4 +79,16 @@ def require_templates(ids: np.ndarray, known: np.ndarray, source: str) -> None:
         raise DataError(
             f"{source}, {where} has no images in the face_tid_mid file ({int(missing.sum())} such entries): "
             "use the meta files of one IJB release"
+        )
+
+
+def require_crops(folder: Path, names: list[str]) -> None:
+    """One line naming the first image of name_5pts_score missing from ``folder`` (before any embedding)."""
+    present = set(os.listdir(folder))
+    missing = [i for i, name in enumerate(names) if name not in present and not (folder / name).is_file()]
+    if missing:
+        first = missing[0]
+        raise DataError(
+            f"--ijb: image '{names[first]}' (line {first + 1} of the name_5pts_score file) is not in '{folder}', "
+            f"nor are {len(missing) - 1} more: give the release's complete loose_crop folder, or --features FILE.npy"
         )

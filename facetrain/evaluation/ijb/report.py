@@ -47,7 +47,7 @@ def format_identification(report: Identification) -> str:
         f"{report.target} 1:N identification, {report.model}: {report.probes} probe templates; "
         f"gallery templates {sizes}",
         f"  mode: {report.mode}",
-        "  closed set (G1 ∪ G2): " + ", ".join(f"{k} {100 * v:.2f} %" for k, v in report.cmc.items()),
+        f"  closed set ({' ∪ '.join(galleries)}): " + ", ".join(f"{k} {100 * v:.2f} %" for k, v in report.cmc.items()),
     ]
     if report.probes_without_mate:
         lines.append(f"  ({report.probes_without_mate} probes have no mate in the galleries: counted as misses)")

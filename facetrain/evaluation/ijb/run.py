@@ -95,12 +95,15 @@ def run_ijb(
         save_features(features, save_to)
     with tqdm(total=len(images.names), unit="img", desc="templates", disable=not progress, dynamic_ncols=True) as bar:
         templates = pool_templates(features, images.templates, images.medias, images.scores, mode, bar.update)
+    described = mode.describe()
+    if mode.norm and model is not None and model.normalised:
+        described += " (this model's outputs have unit norm: the norm weighs every image alike)"
     if protocol.pairs is not None:
-        return verification(protocol, templates, name, mode, progress)
-    return identification(protocol, templates, name, mode)
+        return verification(protocol, templates, name, described, progress)
+    return identification(protocol, templates, name, described)
 
 
-def verification(protocol: Protocol, templates: Templates, name: str, mode: PoolMode, progress: bool) -> Verification:
+def verification(protocol: Protocol, templates: Templates, name: str, mode: str, progress: bool) -> Verification:
     pairs = protocol.pairs
     assert pairs is not None
     with tqdm(total=len(pairs.first), unit="pair", desc="score", disable=not progress, dynamic_ncols=True) as bar:
@@ -110,7 +113,7 @@ def verification(protocol: Protocol, templates: Templates, name: str, mode: Pool
     negatives, positives = counts[2], counts[3]
     corners = roc_corners(counts[0], counts[1])
     return Verification(
-        target=protocol.target, model=name, mode=mode.describe(), images=len(protocol.images.names),
+        target=protocol.target, model=name, mode=mode, images=len(protocol.images.names),
         templates=len(np.unique(np.concatenate([pairs.first, pairs.second]))), pairs=len(scores),
         genuine=positives, impostor=negatives,
         tar_at_far={key: tar_at_far_strict(*counts, far) for key, far in FAR_TARGETS.items()},
@@ -141,7 +144,7 @@ def _threshold(scores: torch.Tensor, is_same: torch.Tensor, far: float) -> float
     return float(np.nextafter(np.float32(bar), np.float32(np.inf)))
 
 
-def identification(protocol: Protocol, templates: Templates, name: str, mode: PoolMode) -> Identification:
+def identification(protocol: Protocol, templates: Templates, name: str, mode: str) -> Identification:
     probes, galleries = protocol.probes, protocol.galleries
     assert probes is not None and galleries is not None
     probe_features = templates.features[templates.rows(probes.templates, probes.source)]
@@ -158,7 +161,7 @@ def identification(protocol: Protocol, templates: Templates, name: str, mode: Po
     sizes = {label: len(gallery.templates) for label, gallery in zip(names, galleries, strict=True)}
     per_gallery["mean"] = {key: _mean([per_gallery[g][key] for g in names]) for key in ident.FPIR_TARGETS}
     return Identification(
-        target=protocol.target, model=name, mode=mode.describe(), images=len(protocol.images.names),
+        target=protocol.target, model=name, mode=mode, images=len(protocol.images.names),
         probes=len(probes.templates), gallery_templates=sizes,
         probes_without_mate=int((~union.mated).sum()),
         cmc={f"rank-{k}": value for k, value in ident.cmc(union).items()},
