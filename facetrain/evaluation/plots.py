@@ -68,9 +68,8 @@ def _draw_roc(axes: Axes, scores: torch.Tensor, is_same: torch.Tensor, threshold
         _draw_message(axes, "ROC needs both genuine and impostor pairs")
         return
     far, tar, _ = roc_curve(scores, is_same)
-    if len(far) > PLOTTED_POINTS:  # millions of points (IJB-C's 15.7M pairs) draw as these few thousand
-        steps = torch.logspace(0, math.log10(len(far) - 1), PLOTTED_POINTS).long()
-        keep = torch.unique(torch.cat([torch.zeros(1, dtype=torch.long), steps, torch.tensor([len(far) - 1])]))
+    if len(far) > PLOTTED_POINTS:  # millions of points (IJB-C's 15.7M pairs) draw as these thousands
+        keep = plotted_points(len(far))
         far, tar = far[keep], tar[keep]
     # FAR = 0 has no place on a log axis. Clip it (rather than drop it) to half the smallest
     # measurable FAR, so the TAR reached with no false accepts still shows at the left edge.
@@ -85,6 +84,13 @@ def _draw_roc(axes: Axes, scores: torch.Tensor, is_same: torch.Tensor, threshold
     axes.legend(loc="lower right")
     axes.grid(True, which="major", alpha=0.5)
     axes.grid(True, which="minor", alpha=0.15)
+
+
+def plotted_points(count: int) -> torch.Tensor:
+    """Sorted indices of at most PLOTTED_POINTS + 1 of ``count`` curve points, log-spaced, both ends kept."""
+    steps = torch.logspace(0, math.log10(count - 1), PLOTTED_POINTS, dtype=torch.float64).long()
+    steps.clamp_(max=count - 1)  # the last power may round a hair past the end
+    return torch.unique(torch.cat([torch.zeros(1, dtype=torch.long), steps, torch.tensor([count - 1])]))
 
 
 def _draw_histograms(axes: Axes, scores: torch.Tensor, is_same: torch.Tensor, threshold: float) -> None:

@@ -8,7 +8,7 @@ import torch
 from PIL import Image, ImageStat
 
 from facetrain.evaluation.metrics import roc_curve
-from facetrain.evaluation.plots import operating_point, save_verification_plot, verification_figure
+from facetrain.evaluation.plots import operating_point, plotted_points, save_verification_plot, verification_figure
 
 
 def synthetic_pairs(count: int = 300, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,3 +98,23 @@ def test_importing_plots_does_not_import_matplotlib():
     code = "import sys, facetrain.evaluation.plots; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("count", [20_001, 20_002, 50_000, 123_457])
+def test_a_long_roc_is_drawn_from_a_thinned_curve_that_keeps_both_ends(count: int):
+    """Millions of pairs (IJB-C's 15.7M) are drawn as at most PLOTTED_POINTS points, from (0, 0) to (1, 1)."""
+    generator = torch.Generator().manual_seed(count)
+    scores = torch.rand(count, generator=generator, dtype=torch.float64)
+    is_same = torch.rand(count, generator=generator) < 0.3
+    figure = verification_figure(scores, is_same, 0.5, "long")
+    line = figure.axes[0].get_lines()[0]
+    far, tar = line.get_xdata(), line.get_ydata()
+    assert len(far) <= 20_002 and tar[0] == 0.0 and far[-1] == 1.0 and tar[-1] == 1.0
+    assert all(far[i] <= far[i + 1] for i in range(len(far) - 1))
+
+
+@pytest.mark.parametrize("count", [20_001, 1_000_003, 13_581_700, 15_658_490])
+def test_thinned_points_stay_inside_the_curve(count: int):
+    keep = plotted_points(count)
+    assert int(keep[0]) == 0 and int(keep[-1]) == count - 1 and len(keep) <= 20_001
+    assert bool((keep[1:] > keep[:-1]).all())
