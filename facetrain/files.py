@@ -281,3 +281,40 @@ def _usual_file_mode() -> int:
     mask = os.umask(0)  # reading the umask means setting it; put it straight back
     os.umask(mask)
     return 0o666 & ~mask
+
+
+def refuse_existing(target: str | Path, option: str, overwrite: bool, beside: tuple[Path, ...] = ()) -> None:
+    """One ``OutputError`` line, before any work, when ``target`` or a file written ``beside`` it exists."""
+    if overwrite:
+        return
+    target = Path(target)
+    for path in (target, *beside):
+        if path.exists() or path.is_symlink():
+            written = "" if path == target else f" (written beside '{target.name}')"
+            raise OutputError(f"{option}: '{path}' exists{written}: give another path, or --overwrite to replace it")
+
+
+@contextmanager
+def created_folders(folder: str | Path) -> Iterator[None]:
+    """When the block fails, removes the folders up to ``folder`` that it created and left empty."""
+    missing = []
+    for path in (Path(folder), *Path(folder).parents):
+        if path.exists() or path.is_symlink():
+            break
+        missing.append(path)  # deepest first
+    try:
+        yield
+    except BaseException:
+        for path in missing:
+            try:
+                path.rmdir()  # only if empty: never removes what someone else put there
+            except OSError:
+                break
+        raise
+
+
+def usual_folder_mode() -> int:
+    """0777 less the umask: what ``mkdir`` would give (``tempfile.mkdtemp`` creates 0700)."""
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return 0o777 & ~mask

@@ -65,7 +65,7 @@ def prepare(cache: Path, count: int, size: int) -> tuple[Path, Path]:
     if not done.exists():
         print(f"generating {count} JPEGs of {size}x{size} in {folder} (once) ...", flush=True)
         make_faces(folder, count, size)
-        pack_folder(folder, rec, workers=os.cpu_count() or 1, progress=False)
+        pack_folder(folder, rec, workers=os.cpu_count() or 1, progress=False, overwrite=True)
         done.touch()
     return folder, rec
 

@@ -7,7 +7,6 @@ from conftest import REPO, make_faces
 from typer.testing import CliRunner
 
 from facetrain.cli import app
-from facetrain.errors import ConfigError
 
 runner = CliRunner()
 
@@ -76,12 +75,13 @@ def test_bad_checkpoint_for_resume(tmp_path):
     assert "cannot be used: it is a binary file of unknown kind" in result.stderr and "Traceback" not in result.output
 
 
-def test_debug_env_shows_the_exception(tmp_path):
+def test_debug_env_shows_the_exception_and_keeps_exit_code_2(tmp_path):
     faces = make_faces(tmp_path / "faces")
     result = runner.invoke(
         app, ["train", "--config", write_config(tmp_path, faces), "--set", "train.lr=-1"], env={"FACETRAIN_DEBUG": "1"}
     )
-    assert isinstance(result.exception, ConfigError)
+    assert result.exit_code == 2
+    assert "Traceback" in result.stderr and "ConfigError" in result.stderr and "train.lr" in result.stderr
 
 
 def test_needs_config_or_resume():
@@ -108,8 +108,8 @@ def test_real_process_exit_code_and_traceback(tmp_path, debug):
         timeout=120,
     )
     assert "train.lr: must be > 0.0, got -1" in proc.stderr
-    if debug:
-        assert proc.returncode == 1 and "Traceback" in proc.stderr
+    if debug:  # the traceback is extra: the exit code stays 2
+        assert proc.returncode == 2 and "Traceback" in proc.stderr
     else:
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
 
@@ -167,3 +167,15 @@ def test_cache_ram_on_a_machine_without_the_memory_is_one_line_and_exit_2(tmp_pa
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in result.output
     assert errors[0].startswith("error: data.cache: ram: the training images (") and "set data.cache: auto" in errors[0]
+
+
+def test_an_interrupt_before_anything_is_written_claims_no_file(tmp_path, monkeypatch):
+    import facetrain.config
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(facetrain.config, "load_config", interrupted)
+    result = runner.invoke(app, ["check", "--config", str(tmp_path / "any.yaml")])
+    assert result.exit_code == 130
+    assert result.stderr.strip() == "interrupted: files are replaced atomically, so none is left half-written"

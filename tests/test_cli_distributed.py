@@ -191,3 +191,30 @@ def test_check_plans_for_a_world_size_and_refuses_more_ranks_than_identities(tmp
     outcome = runner.invoke(app, ["check", "--config", config, "--world-size", "5"])
     assert outcome.exit_code == 2
     assert "--world-size 5 is more ranks than the 4 training identities" in outcome.output
+
+
+def test_check_names_the_global_batch_when_the_ranks_make_it_too_large(tmp_path):
+    config = write_config(tmp_path)
+    outcome = runner.invoke(app, ["check", "--config", config, "--world-size", "4", "--set", "train.batch_size=8"])
+    assert outcome.exit_code == 2
+    assert (
+        "the global batch of 32 (4 ranks x 8) is larger than the training set (24 images): "
+        "lower train.batch_size or the number of ranks"
+    ) in outcome.output
+
+
+def test_nproc_per_node_under_torchrun_is_ignored_with_one_warning(monkeypatch, caplog):
+    from facetrain.cli.launch import launch_if_asked
+
+    monkeypatch.delenv("FACETRAIN_LAUNCHED", raising=False)
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        launch_if_asked("4")  # returns: this process is a rank already
+    warnings = [r.getMessage() for r in caplog.records if "ignored" in r.getMessage()]
+    assert warnings == ["--nproc-per-node 4 is ignored: torchrun started these 2 processes already"]
+    caplog.clear()
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("FACETRAIN_LAUNCHED", "1")  # a worker of facetrain's own launcher: nothing to say
+    launch_if_asked("4")
+    assert not caplog.records

@@ -71,6 +71,8 @@ def inputs(tmp_path_factory) -> Path:
     (root / "notes.txt").write_text("not a model\n")
     (root / "bad_pairs.txt").write_text("only two\n")
     (root / "empty").mkdir()
+    (root / "old").mkdir()
+    (root / "old" / "train.rec").write_bytes(b"an earlier pack")
     return root
 
 
@@ -83,6 +85,8 @@ CASES = [
     (["train", "--no-such-option"], "No such option"),
     (["eval"], "give the model to score: --checkpoint RUN/best.pt or --model FILE"),
     (["eval", "--ijb", "{i}/nowhere", "--features", "{i}/notes.txt"], "{i}/nowhere"),
+    (["pack", "--root", "{i}/faces", "--out", "{i}/old/train.rec"], "exists: give another path, or --overwrite"),
+    (["pairs", "--root", "{i}/faces", "--out", "{i}/notes.txt"], "exists: give another path, or --overwrite"),
     (["eval", "--ijb", "{i}", "--features", "{i}/notes.txt", "--target", "IJBA"], "unknown IJB target 'IJBA'"),
     (["eval", "--ijb", "{i}", "--features", "{i}/notes.txt"], "{i}/meta"),
     (["eval", "--ijb", "{i}", "--features", "{i}/no.npy"], "--features '{i}/no.npy' not found"),

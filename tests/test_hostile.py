@@ -363,7 +363,71 @@ CASES: dict[str, Case] = {
         ("--workers",),
         "usage",
     ),
+    # -- pack and unpack (issue 30): an earlier dataset is never replaced silently
+    "pack_over_an_existing_rec": Case(
+        lambda w: ["pack", "--root", str(w.faces), "--out", str(packed(w)), "--no-progress"],
+        ("--out: '", "cases/packed/train.rec' exists: give another path, or --overwrite to replace it"),
+    ),
+    "pack_over_an_existing_property": Case(
+        lambda w: ["pack", "--root", str(w.faces), "--out", str(packed(w).with_name("val.rec")), "--no-progress"],
+        ("cases/packed/property' exists (written beside 'val.rec'): give another path, or --overwrite",),
+    ),
+    "unpack_a_folder": Case(
+        lambda w: ["unpack", str(packed(w).parent), "--out", str(w.root / "cases" / "unpacked")],
+        ("cases/packed' is a folder, not a file: did you mean '", "cases/packed/train.rec'?"),
+    ),
+    "unpack_no_image_records": Case(
+        lambda w: ["unpack", str(imageless_rec(w)), "--out", str(w.root / "cases" / "unpacked")],
+        ("imageless/train.rec': none of its 2 image records holds an image", "record key 1 at byte 0", "unpacked"),
+    ),
+    "pairs_over_an_existing_file": Case(
+        lambda w: ["pairs", "--root", str(w.faces), "--out", str(w.pairs)],
+        ("--out:", "exists: give another path, or --overwrite to replace it"),
+    ),
+    "pairs_not_utf8": Case(
+        lambda w: evaluate_list(
+            w, w.file("latin1.txt", "id00/img00.png id00/img01.png 1\nid00/\xe9.png x 0\n".encode("latin-1"))
+        ),
+        ("latin1.txt, line 2, column 6: byte 0xe9 is not UTF-8: re-save the pairs file as UTF-8",),
+    ),
+    "threshold_from_malformed_json": Case(
+        lambda w: [
+            "export",
+            "--checkpoint",
+            str(w.checkpoint),
+            "--out",
+            str(w.root / "cases" / "t.pt"),
+            "--threshold-from",
+            str(w.file("bad.json", '{"sets": [\n')),
+        ],
+        ("bad.json' is not valid JSON (line 2, column 1)",),
+    ),
+    "verify_a_folder": Case(
+        lambda w: ["verify", str(w.model), str(w.faces), images(w)[0]], ("is a folder, not an image",)
+    ),
+    "resume_weights_that_do_not_fit": Case(
+        lambda w: ["train", "--resume", str(misfit_checkpoint(w))],
+        ("does not fit this model (embedder: backbone.0.weight: (3,) vs", "start a new run"),
+    ),
 }
+
+
+def evaluate_list(w: World, pairs: Path) -> list[str]:
+    return ["eval", "--checkpoint", str(w.checkpoint), "--pairs", str(pairs), "--images", str(w.faces)]
+
+
+def misfit_checkpoint(w: World) -> Path:
+    """The run's last.pt with its first embedder weight of another shape, in a copy of its run folder."""
+    import shutil
+
+    run = w.root / "cases" / "misfit_run"
+    if not run.exists():
+        shutil.copytree(w.checkpoint.parent, run)
+    state = {k: v for k, v in w.state.items() if k not in ("format_version", "facetrain_version")}
+    embedder = dict(state["embedder"])
+    embedder[next(iter(embedder))] = torch.zeros(3)
+    config = {**state["config"], "run_dir": str(run)}
+    return save_checkpoint({**state, "config": config, "embedder": embedder}, run / "last.pt")
 
 
 def evaluate(w: World, *extra: str) -> list[str]:
@@ -684,3 +748,29 @@ FAULTS = [
     "test_a_real_signal_mid_training[SIGTERM]",
     test_warnings_of_torch_and_pillow_never_reach_the_user,
 ]
+
+
+def packed(w: World) -> Path:
+    """``w.faces`` packed once into cases/packed/train.rec (with its .idx and property)."""
+    from facetrain.data import pack_folder
+
+    rec = w.root / "cases" / "packed" / "train.rec"
+    if not rec.exists():
+        pack_folder(w.faces, rec, workers=0, progress=False)
+    return rec
+
+
+def imageless_rec(w: World) -> Path:
+    """An insightface .rec of one identity whose two image records hold text, not images."""
+    from facetrain.data.recordio import RecordWriter, pack_payload
+
+    rec = w.root / "cases" / "imageless" / "train.rec"
+    rec.parent.mkdir(parents=True, exist_ok=True)
+    with open(rec, "wb") as data, open(rec.with_suffix(".idx"), "w", encoding="ascii") as index:
+        writer = RecordWriter(data, index)
+        for key in (1, 2):
+            writer.write(key, pack_payload(0.0, b"not an image", id=key))
+        writer.write(3, pack_payload([1, 3], b""))  # identity 0: image keys [1, 3)
+        writer.write(0, pack_payload([3, 4], b""))  # header: identity records [3, 4)
+    (rec.parent / "property").write_text("1,20,20\n")
+    return rec

@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
@@ -42,13 +43,15 @@ def error_boundary(command: Callable[..., Any]) -> Callable[..., Any]:
             with _sigterm_as_interrupt():
                 return command(*args, **kwargs)
         except FacetrainError as exc:
-            if os.environ.get("FACETRAIN_DEBUG") == "1":
-                raise
+            if os.environ.get("FACETRAIN_DEBUG") == "1":  # the traceback is extra; the exit code stays 2
+                traceback.print_exc()
             _say(f"error: {exc}", exc.shared)
             raise typer.Exit(2) from None
         except OSError as exc:  # about a user's path (too long a name, no permission): theirs to fix
-            if exc.filename is None or exc.errno not in _PATH_ERRNOS or os.environ.get("FACETRAIN_DEBUG") == "1":
+            if exc.filename is None or exc.errno not in _PATH_ERRNOS:
                 raise
+            if os.environ.get("FACETRAIN_DEBUG") == "1":
+                traceback.print_exc()
             from facetrain.files import os_reason
 
             name = brief(os.fsdecode(exc.filename))
@@ -56,7 +59,7 @@ def error_boundary(command: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(2) from None
         except KeyboardInterrupt as exc:
             what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-            _say(f"{what}: files are replaced atomically, so the last one written is intact", shared=True)
+            _say(f"{what}: files are replaced atomically, so none is left half-written", shared=True)
             raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
 
     return wrapper

@@ -29,12 +29,16 @@ def pack_command(
     workers: Annotated[
         int | None, typer.Option("--workers", min=0, max=256, help="Processes that read and encode (default: cores).")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace --out, its .idx and property if they exist.")
+    ] = False,
     progress: ProgressOption = None,
 ) -> None:
     """Pack an identity folder into an insightface train.rec, train.idx and property.
 
     JPEG files are stored byte for byte; other formats are re-encoded as JPEG (--quality) or PNG (--png).
-    Images that cannot be decoded are skipped and listed.
+    Images that cannot be decoded are skipped and listed. An existing .rec, .idx or property is
+    refused unless --overwrite is given; it is then replaced only once the new files are whole.
 
     Example: facetrain pack --root facetrain/assets/orl --out data/orl/train.rec --png
     """
@@ -42,7 +46,7 @@ def pack_command(
 
     result = pack_folder(
         root, out, quality=quality, png=png, workers=os.cpu_count() or 1 if workers is None else workers,
-        progress=sys.stderr.isatty() if progress is None else progress,
+        progress=sys.stderr.isatty() if progress is None else progress, overwrite=overwrite,
     )  # fmt: skip
     height, width = result.image_size
     reencoded = result.images - result.stored_as_is
@@ -61,6 +65,9 @@ def unpack_command(
     progress: ProgressOption = None,
 ) -> None:
     """Write the images of a .rec as identity folders (OUT/<label>/<key>.jpg), byte for byte.
+
+    Records that hold no image facetrain reads are skipped and named by key and byte offset; a .rec
+    with no such image at all is refused, and nothing is written.
 
     Example: facetrain unpack data/orl/train.rec --out data/orl_folders
     """
@@ -84,7 +91,14 @@ def _list_skipped(skipped: list[tuple[str, str]], what: str) -> None:
 @error_boundary
 def align_command(
     source: Annotated[Path, typer.Option("--input", "-i", help="Photos: flat, or one sub-folder per person.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The folder for the crops (same layout, .jpg).")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="The folder for the crops (same layout, .jpg); a rerun with the same options resumes in it.",
+        ),
+    ],
     size: Annotated[str, typer.Option("--size", help="Crop size: 112, 224, 128 or 96x112 (WxH).")] = "112",
     all_faces: Annotated[
         bool, typer.Option("--all-faces", help="Keep every face, as NAME_0.jpg, NAME_1.jpg, ...")

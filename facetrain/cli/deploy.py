@@ -18,7 +18,7 @@ def export_command(
     checkpoint: Annotated[
         Path, typer.Option("--checkpoint", help="A last.pt or best.pt from facetrain train, or a facetrain import.")
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The model file to write.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The model file to write (an existing one is replaced).")],
     out_format: Annotated[
         str,
         typer.Option(
@@ -193,7 +193,10 @@ def verify_command(
 @error_boundary
 def embed_command(
     images: Annotated[Path, typer.Option("--images", help="Folder of images: flat, or one sub-folder per identity.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output file (.npz, or .csv with --format csv).")],
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Output file (.npz, or .csv with --format csv); an existing one is replaced."),
+    ],
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="A facetrain training checkpoint.")] = None,
     model: Annotated[
         Path | None,

@@ -21,7 +21,12 @@ def outliers_command(
         Path, typer.Option("--checkpoint", help="A last.pt or best.pt of a head.type=subcenter_arcface run.")
     ],
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="The TSV to write (default: outliers.tsv beside the checkpoint).")
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="The TSV to write (default: outliers.tsv beside the checkpoint); an existing one is replaced.",
+        ),
     ] = None,
     angle: Annotated[
         float,

@@ -58,7 +58,10 @@ def eval_command(
         Path | None, typer.Option("--features", help="With --ijb: score these N x D image features (.npy).")
     ] = None,
     save_features: Annotated[
-        Path | None, typer.Option("--save-features", help="With --ijb: write the image features here (.npy).")
+        Path | None,
+        typer.Option(
+            "--save-features", help="With --ijb: write the image features here (.npy; an existing file is replaced)."
+        ),
     ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="Use this config's eval section (default: the checkpoint's).")
@@ -85,8 +88,14 @@ def eval_command(
             help="Loader processes (default: data.num_workers; 0 for a --model without --config).",
         ),
     ] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write every number, per fold too, here.")] = None,
-    plot: Annotated[Path | None, typer.Option("--plot", help="Write the ROC and score histograms as PNG.")] = None,
+    json_out: Annotated[
+        Path | None,
+        typer.Option("--json", help="Write every number, per fold too, here (an existing file is replaced)."),
+    ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", help="Write the ROC and score histograms as PNG (an existing file is replaced)."),
+    ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     input_size: InputSizeOption = None,
     mean: MeanOption = None,
@@ -151,14 +160,17 @@ def pairs_command(
         typer.Option("--pairs-per-fold", min=1, max=100_000, help="Same pairs, and as many different pairs, per fold."),
     ] = 300,
     seed: Annotated[int, typer.Option("--seed", help="Seed for drawing the pairs.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists.")] = False,
 ) -> None:
     """Write an LFW-format pairs file (k folds of balanced same/different pairs) from an identity folder.
 
     Example: facetrain pairs --config configs/demo.yaml --folds 10 --pairs-per-fold 30 --out pairs.txt
     """
     from facetrain.evaluation import write_pairs_file
+    from facetrain.files import refuse_existing
 
     if (root is None) == (config is None):
         raise ConfigError("give exactly one of --root DIR or --config FILE")
+    refuse_existing(out, "--out", overwrite)  # an official pairs file cannot be drawn again
     path = write_pairs_file(out, root=root, config=config, folds=folds, pairs_per_fold=pairs_per_fold, seed=seed)
     typer.echo(f"pairs: {path} ({folds} folds x {pairs_per_fold} same + {pairs_per_fold} different)")

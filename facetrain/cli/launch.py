@@ -68,6 +68,7 @@ def launch(count: int, argv: list[str]) -> int:
         max_restarts=0,
         monitor_interval=0.5,
     )
+    os.environ["FACETRAIN_LAUNCHED"] = "1"  # the workers' own --nproc-per-node was handled here
     try:
         elastic_launch(config, sys.executable)("-m", "facetrain", *argv)
     except ChildFailedError as exc:
@@ -80,8 +81,13 @@ def launch(count: int, argv: list[str]) -> int:
 
 def launch_if_asked(nproc_per_node: str) -> None:
     """Starts the workers and exits with their code, unless this is one of them or 1 process is asked for."""
-    if "RANK" in os.environ:
-        return  # a worker (or a rank under torchrun): run the command itself
+    if "RANK" in os.environ:  # a worker (or a rank under torchrun): run the command itself
+        if "FACETRAIN_LAUNCHED" not in os.environ and os.environ.get("RANK") == "0" and nproc_per_node != "1":
+            logging.getLogger("facetrain").warning(
+                "--nproc-per-node %s is ignored: torchrun started these %s processes already",
+                nproc_per_node, os.environ.get("WORLD_SIZE", "?"),
+            )  # fmt: skip
+        return
     count = process_count(nproc_per_node)
     if count == 1:
         return

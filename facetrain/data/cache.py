@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ log = logging.getLogger("facetrain")
 
 GB = 1e9
 SHARED_DIR = Path("/dev/shm")
+CACHE_PREFIX = "facetrain-cache-"  # then the creator's process id, a random token and its first rank
 SHARED_HEADROOM = 256 * 2**20  # /dev/shm left to DataLoader workers' batches
 _BUILD_BATCH = 32  # images per batch a worker hands back while a cache is built
 
@@ -165,12 +167,14 @@ def shared_pixels(count: int, image_size: int, place: int, first: int) -> torch.
     removed (on failure too), and the memory goes when the last process holding it ends.
     """
     token = distributed.broadcast_object(secrets.token_hex(8) if distributed.is_main() else None)
-    path = SHARED_DIR / f"facetrain-cache-{token}-{first}"
+    creator_pid = distributed.all_gather_objects(os.getpid())[first]
+    path = SHARED_DIR / f"{CACHE_PREFIX}{creator_pid}-{token}-{first}"
     size = image_bytes(count, image_size)
     creator = place == 0
     try:
         error = None
         if creator:
+            sweep_stale_caches()
             try:
                 _reserve(path, size)
             except DataError as exc:
@@ -187,6 +191,38 @@ def shared_pixels(count: int, image_size: int, place: int, first: int) -> torch.
             with contextlib.suppress(OSError):
                 path.unlink()
     return storage.view(count, 3, image_size, image_size)
+
+
+def sweep_stale_caches(folder: Path = SHARED_DIR) -> int:
+    """Removes shared caches whose creator is gone (killed in the moment the name exists); returns how many.
+
+    The name holds its creator's process id; a file of this user whose process no longer exists is stale.
+    """
+    pattern = re.compile(re.escape(CACHE_PREFIX) + r"(\d+)-[0-9a-f]+-\d+")
+    removed = 0
+    try:
+        entries = list(folder.iterdir()) if folder.is_dir() else []
+    except OSError:
+        return 0
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.stat().st_uid == os.getuid():
+                entry.unlink()
+                removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 def _reserve(path: Path, size: int) -> None:

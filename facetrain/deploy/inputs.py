@@ -94,6 +94,8 @@ def check_verify(
     the threshold a cosine."""
     file = check_model_input(model, **inputs._asdict())
     for image in (image1, image2):
+        if Path(image).is_dir():
+            raise DataError(f"image '{image}' is a folder, not an image: give one image file (embed takes folders)")
         require_file(image, DataError, "image", "check the path")
     check_threshold(threshold, "--threshold")
     return file
@@ -123,9 +125,14 @@ def threshold_from_eval_json(path: str | Path, checkpoint: str | Path | None = N
     fix = "give the file written by facetrain eval --json"
     file = require_file(path, DataError, "eval JSON", fix)
     try:
-        payload = json.loads(file.read_text())
+        payload = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"'{file}' is not valid JSON (line {exc.lineno}, column {exc.colno}): {fix}") from None
+    except (OSError, ValueError) as exc:  # unreadable, or not UTF-8
+        raise DataError(f"'{file}' cannot be read as JSON ({type(exc).__name__}): {fix}") from None
+    try:
         value = payload["sets"][0]["plain"]["threshold"]
-    except (OSError, ValueError, LookupError, TypeError) as exc:
+    except (LookupError, TypeError) as exc:
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         raise DataError(f"'{file}' has no sets[0].plain.threshold ({reason}): {fix}") from None
     check_threshold(value, f"'{file}': sets[0].plain.threshold", DataError)

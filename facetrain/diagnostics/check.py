@@ -167,9 +167,10 @@ def _check_data(config: Config, report: CheckReport, progress: bool, world_size:
     batches = sum(len(images) for _, images in training) // batch
     ranks = f" ({world_size} ranks x {config.train.batch_size})" if world_size > 1 else ""
     if batches == 0:
-        report.problems.append(
-            f"train.batch_size={config.train.batch_size}{ranks} is larger than the training set: lower train.batch_size"
-        )
+        images = sum(len(paths) for _, paths in training)
+        what = f"the global batch of {batch}{ranks}" if world_size > 1 else f"train.batch_size={batch}"
+        fix = "lower train.batch_size or the number of ranks" if world_size > 1 else "lower train.batch_size"
+        report.problems.append(f"{what} is larger than the training set ({images} images): {fix}")
     else:
         report.facts.append(f"{batches} batches of {batch}{ranks} per epoch, "
                             f"{math.ceil(batches / config.train.grad_accum_steps)} optimizer steps")  # fmt: skip

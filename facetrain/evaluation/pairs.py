@@ -120,11 +120,20 @@ def _text_lines(path: Path) -> list[tuple[int, str]]:
     """Non-blank lines, stripped, with their 1-based line numbers."""
     try:
         text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not a UTF-8 text file: give a pairs .txt, or name a pickled .bin '*.bin'") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(_not_utf8(path, exc)) from None
     except OSError as exc:
         raise DataError(f"pairs file '{path}' cannot be read ({exc.strerror or exc}): check the path") from None
     return [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+
+
+def _not_utf8(path: Path, exc: UnicodeDecodeError) -> str:
+    """Where the first byte that is not UTF-8 is: its line and column, and the byte."""
+    data = exc.object if isinstance(exc.object, bytes) else b""
+    line = data.count(b"\n", 0, exc.start) + 1
+    column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+    byte = data[exc.start : exc.start + 1].hex() if data else "?"
+    return f"{path}, line {line}, column {column}: byte 0x{byte} is not UTF-8: re-save the pairs file as UTF-8"
 
 
 class _LfwImages:

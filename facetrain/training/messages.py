@@ -52,8 +52,15 @@ def format_epoch(stats: dict[str, float]) -> str:
         f"train acc {stats['accuracy']:.3f}",
         *([f"theta_y {stats['theta_y']:.1f} deg"] if "theta_y" in stats else []),
         f"lr {stats['lr']:.2e}",
-        f"{stats['images_per_sec']:.0f} img/s",
+        f"{rate(stats['images_per_sec'])} img/s",
     ]
     if "verification" in stats:
         parts.append(f"verification acc {stats['verification']:.4f}")
     return ", ".join(parts)
+
+
+def rate(value: float) -> str:
+    """Images per second as people read them: whole above 10, else to two significant digits (never "0")."""
+    if value >= 10:
+        return f"{value:.0f}"
+    return f"{value:.2g}" if value > 0 else "0"

@@ -22,6 +22,7 @@ from facetrain.checkpoint import (
 )
 from facetrain.config import config_to_dict
 from facetrain.errors import CheckpointError, DataError, FacetrainError
+from facetrain.models import first_mismatch
 from facetrain.runtime import rng_state, set_rng_state
 from facetrain.training import parallel
 from facetrain.training.optim import apply_hyperparameters, fit_saved_groups, trainer_lr_scales
@@ -120,13 +121,30 @@ class Checkpoints:
             if state["scaler"]:
                 self.scaler.load_state_dict(state["scaler"])
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
-            reason = str(exc).strip().splitlines()[0]
-            raise CheckpointError(f"checkpoint '{path}' does not fit this model ({reason}): start a new run") from None
+            raise CheckpointError(
+                f"checkpoint '{path}' does not fit this model ({self._misfit(state, exc)}): start a new run"
+            ) from None
         self.epoch, self.step = state["epoch"], state["step"]
         self._continue_epoch(samples, saved_world)
         self.best_value = state.get("best_value")
         self._restore_rng(state, path)
         log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step)
+
+    def _misfit(self, state: dict, exc: BaseException) -> str:
+        """The first weight of the embedder or head that is missing, extra or of another shape; else torch's line."""
+        parts = [("embedder", self.embedder, state.get("embedder"))]
+        if not self.sharded:
+            parts.append(("head", self.head, state.get("head")))
+        for name, module, saved in parts:
+            expected = module.state_dict()
+            if (
+                not isinstance(saved, dict)
+                or saved.keys() != expected.keys()
+                or any(getattr(saved[key], "shape", None) != value.shape for key, value in expected.items())
+            ):
+                return f"{name}: {first_mismatch(expected, saved)}"
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        return lines[-1] if lines else type(exc).__name__
 
     def _continue_epoch(self, samples: int, saved_world: int) -> None:
         """Continues the epoch after its first ``samples`` samples, at this run's global batch."""

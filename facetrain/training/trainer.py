@@ -111,6 +111,11 @@ class Trainer(Feed, Checkpoints, FineTune):
         distributed.settle(error)
         trained = self.eval_model = self.embedder
         if cfg.train.compile:  # one compile for training, one for evaluation; they fall back together
+            if self.device.type == "cpu":
+                log.warning(
+                    "train.compile: torch.compile targets GPUs; on a CPU the first steps spend minutes compiling "
+                    "and the run is rarely faster: set train.compile: false there"
+                )
             trained = CompiledOrEager(self.embedder, "embedder in training")
             self.eval_model = CompiledOrEager(self.embedder, "embedder in evaluation", trained)
         self.model = parallel.wrap_embedder(trained, cfg.model.sync_bn, self.device)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -78,6 +80,18 @@ def test_shared_pixels_leave_nothing_in_dev_shm_and_a_full_dev_shm_is_one_clear_
     monkeypatch.setattr(os, "open", lambda *args: (_ for _ in ()).throw(PermissionError(errno.EACCES, "denied")))
     with pytest.raises(DataError, match=r"data.cache: cannot create '/dev/shm/facetrain-cache-.*' \(denied\): give"):
         shared_pixels(5, 8, 0, 0)
+
+
+def test_a_cache_left_by_a_killed_creator_is_swept_and_a_living_ones_is_kept(tmp_path):
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(finished.stdout)  # that process has ended
+    stale = tmp_path / f"facetrain-cache-{dead}-0123abcd-0"
+    living = tmp_path / f"facetrain-cache-{os.getpid()}-0123abcd-0"
+    other = tmp_path / "facetrain-cache-notours"
+    for path in (stale, living, other):
+        path.write_bytes(b"x")
+    assert cache_module.sweep_stale_caches(tmp_path) == 1
+    assert not stale.exists() and living.exists() and other.exists()
 
 
 def ours() -> set[str]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 import torch
 from conftest import ORL, jpeg_bytes
@@ -11,7 +14,7 @@ from facetrain.data import pack as pack_module
 from facetrain.data import pack_folder, scan_identities, unpack_records
 from facetrain.data.folders import make_dataset
 from facetrain.data.preprocess import Preprocess
-from facetrain.data.recordio import RecordFile, read_index, unpack_payload
+from facetrain.data.recordio import RecordFile, RecordWriter, read_index, unpack_payload
 from facetrain.errors import DataError, OutputError
 
 
@@ -112,7 +115,7 @@ def test_an_interrupted_pack_leaves_no_file_and_keeps_the_previous_one(tmp_path)
     pack_module.encode_file = interrupted
     try:
         with pytest.raises(KeyboardInterrupt):
-            pack_folder(faces, out, workers=0, progress=False)
+            pack_folder(faces, out, workers=0, progress=False, overwrite=True)
     finally:
         pack_module.encode_file = encode
     assert {path.name: path.read_bytes() for path in out.parent.iterdir()} == before  # no temp files either
@@ -124,7 +127,7 @@ def test_an_interrupted_pack_leaves_no_file_and_keeps_the_previous_one(tmp_path)
             pack_folder(faces, fresh, workers=0, progress=False)
     finally:
         pack_module.encode_file = encode
-    assert list(fresh.parent.iterdir()) == [] and first.images == 6
+    assert not fresh.parent.exists() and first.images == 6  # not even the folder it created
 
 
 def test_pack_refuses_wrong_inputs_and_outputs(tmp_path):
@@ -142,7 +145,7 @@ def test_pack_refuses_wrong_inputs_and_outputs(tmp_path):
             pack_folder(faces, tmp_path / "b" / "train.rec", progress=False)
     finally:
         pack_module.EXACT_KEYS = 1 << 24
-    assert not (tmp_path / "b").exists() or not any((tmp_path / "b").iterdir())
+    assert not (tmp_path / "b").exists()  # a refused pack leaves no empty folder behind
 
 
 def test_unpack_then_pack_gives_back_the_same_bytes(tmp_path):
@@ -172,3 +175,95 @@ def test_unpack_refuses_a_used_folder_and_leaves_nothing_when_it_fails(tmp_path)
     with pytest.raises(DataError, match="record key 5 at byte"):
         unpack_records(rec, tmp_path / "new", progress=False)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a", "faces", "used"]
+
+
+def test_pack_refuses_an_existing_rec_idx_or_property_unless_overwrite(tmp_path):
+    out = tmp_path / "copy" / "train.rec"
+    pack_folder(jpeg_faces(tmp_path / "faces"), out, workers=0, progress=False)
+    other = jpeg_faces(tmp_path / "other", identities=2, per_identity=3)
+    before = {path.name: path.read_bytes() for path in out.parent.iterdir()}
+    for name in ("train.rec", "train.idx", "property"):  # each of the three is refused, even alone
+        present = {path.name: path.read_bytes() for path in out.parent.iterdir()}
+        with pytest.raises(OutputError, match=f"'{out.parent / name}' exists.*: give another path, or --overwrite"):
+            pack_folder(other, out, workers=0, progress=False)
+        assert {path.name: path.read_bytes() for path in out.parent.iterdir()} == present  # untouched
+        (out.parent / name).rename(tmp_path / name)
+    for name in before:
+        (tmp_path / name).rename(out.parent / name)
+    result = pack_folder(other, out, workers=0, progress=False, overwrite=True)
+    assert (result.identities, result.images) == (2, 6)
+    assert sorted(path.name for path in out.parent.iterdir()) == ["property", "train.idx", "train.rec"]  # no temps
+    assert (out.parent / "property").read_text() == "2,20,20\n"
+    assert [len(images) for _, images in scan_identities(out)] == [3, 3]
+
+
+def test_a_refused_pack_leaves_no_empty_folder_behind(tmp_path):
+    (tmp_path / "empty").mkdir()
+    broken = tmp_path / "broken" / "p0"
+    broken.mkdir(parents=True)
+    (broken / "0.jpg").write_bytes(b"not an image")
+    for root, match in ((tmp_path / "empty", "no identity folders"), (tmp_path / "missing", "does not exist")):
+        with pytest.raises(DataError, match=match):
+            pack_folder(root, tmp_path / "new" / "deep" / "train.rec", progress=False)
+        assert not (tmp_path / "new").exists()
+    with pytest.raises(DataError, match="none of the 1 images"):
+        pack_folder(tmp_path / "broken", tmp_path / "new" / "deep" / "train.rec", workers=0, progress=False)
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()  # a folder that was there before is never removed
+    with pytest.raises(DataError):
+        pack_folder(tmp_path / "empty", tmp_path / "kept" / "train.rec", progress=False)
+    assert (tmp_path / "kept").is_dir()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_unpack_gives_its_folder_the_mode_mkdir_would(tmp_path, umask):
+    rec = pack_folder(jpeg_faces(tmp_path / "faces"), tmp_path / "a" / "train.rec", workers=0, progress=False).rec
+    previous = os.umask(umask)
+    try:
+        unpack_records(rec, tmp_path / "folders", progress=False)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "folders").stat().st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE((tmp_path / "folders" / "0").stat().st_mode) == 0o777 & ~umask
+
+
+def test_unpack_given_a_folder_says_so_in_one_coherent_line(tmp_path):
+    rec = pack_folder(jpeg_faces(tmp_path / "faces"), tmp_path / "a" / "train.rec", workers=0, progress=False).rec
+    with pytest.raises(DataError, match=rf"'{rec.parent}' is a folder, not a file: did you mean '{rec}'\?$"):
+        unpack_records(rec.parent, tmp_path / "out", progress=False)
+    with pytest.raises(DataError) as refused:
+        unpack_records(tmp_path / "faces", tmp_path / "out", progress=False)
+    message = str(refused.value)
+    assert message.endswith("is a folder, not a file: give the insightface or im2rec .rec file to unpack")
+    assert "or to a folder" not in message and not (tmp_path / "out").exists()
+
+
+def fake_rec(path, images):
+    """An insightface .rec whose image records hold ``images`` (one list of payloads per identity)."""
+    path.parent.mkdir(parents=True)
+    jobs = [(f"{number}/{index}", 95, False) for number, payloads in enumerate(images) for index in payloads]
+    owners = [number for number, payloads in enumerate(images) for _ in payloads]
+    encoded = [(data, "", (20, 20), True) for payloads in images for data in payloads]
+    with open(path, "wb") as rec, open(path.with_suffix(".idx"), "w", encoding="ascii") as idx:
+        pack_module._write_images(RecordWriter(rec, idx), encoded, jobs, owners, pack_module.PackResult(path))
+    (path.parent / "property").write_text(f"{len(images)},20,20\n")
+    return path
+
+
+def test_unpack_of_a_rec_without_images_is_refused_and_writes_nothing(tmp_path):
+    rec = fake_rec(tmp_path / "a" / "train.rec", [[b"text", b"more"], [b"none"]])
+    with pytest.raises(DataError, match=r"none of its 3 image records holds an image .*record key 1 at byte 0\)"):
+        unpack_records(rec, tmp_path / "new" / "folders", progress=False)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a"]  # no folder, no temporary
+
+
+def test_unpack_names_each_skipped_record_by_key_and_offset(tmp_path):
+    good = jpeg_bytes(1, size=20)
+    rec = fake_rec(tmp_path / "a" / "train.rec", [[good, b"text"], [b"none"], [good]])
+    result = unpack_records(rec, tmp_path / "folders", progress=False)
+    assert (result.identities, result.images) == (2, 2)
+    offsets = dict(zip(*(array.tolist() for array in read_index(rec.with_suffix(".idx"), 10**6, rec)), strict=True))
+    assert [reason for _, reason in result.skipped] == [
+        f"'{rec}' record key {key} at byte {offsets[key]}: not an image format facetrain reads" for key in (2, 3)
+    ]
+    assert sorted(path.name for path in (tmp_path / "folders").iterdir()) == ["0", "2"]  # no empty label folder

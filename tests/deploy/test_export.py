@@ -264,8 +264,12 @@ def test_threshold_from_eval_json(tmp_path: Path) -> None:
     assert threshold_from_eval_json(good) == 0.37  # plain, not flip: the exported model embeds one image
     garbled = tmp_path / "garbled.json"
     garbled.write_text('{"sets": [{"plain": ')
-    with pytest.raises(DataError, match="garbled.json"):
+    with pytest.raises(DataError, match=r"garbled.json' is not valid JSON \(line 1, column 21\)"):
         threshold_from_eval_json(garbled)
+    other = tmp_path / "other.json"
+    other.write_text('{"sets": []}')
+    with pytest.raises(DataError, match=r"other.json' has no sets\[0\].plain.threshold"):
+        threshold_from_eval_json(other)
     with pytest.raises(DataError, match="missing.json"):
         threshold_from_eval_json(tmp_path / "missing.json")
     report["sets"][0]["plain"] = {"threshold": "high"}

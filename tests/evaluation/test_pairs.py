@@ -333,3 +333,11 @@ def test_written_pairs_read_back_to_the_chosen_files(tmp_path, numbered_root):
     assert [(pairs.images[a], pairs.images[b]) for a, b in zip(pairs.left, pairs.right, strict=True)] == expected
     assert pairs.folds == [0] * 16 + [1] * 16
     assert pairs.is_same == ([True] * 8 + [False] * 8) * 2
+
+
+def test_a_pairs_file_that_is_not_utf8_names_its_line_and_byte(tmp_path):
+    path = tmp_path / "pairs.txt"
+    path.write_bytes("s1/1.pgm s1/2.pgm 1\ns1/1.pgm s2/1.pgm 0\ns1/3.pgm s\xe9/1.pgm 0\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"pairs.txt, line 3, column 11: byte 0xe9 is not UTF-8: re-save") as info:
+        read_pairs(path, tmp_path)
+    assert ".bin" not in str(info.value)

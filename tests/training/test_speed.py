@@ -139,6 +139,8 @@ def test_compile_that_fails_falls_back_once_with_a_warning_and_the_same_results(
         compiled.fit()
     warnings = [r.getMessage() for r in caplog.records if "torch.compile failed" in r.getMessage()]
     assert len(warnings) == 1, warnings  # evaluation does not try again
+    on_cpu = [r.getMessage() for r in caplog.records if "targets GPUs" in r.getMessage()]
+    assert len(on_cpu) == 1 and "set train.compile: false there" in on_cpu[0]  # said once, before any step
     assert "RuntimeError: no compiler here" in warnings[0] and "train.compile: false" in warnings[0]
     a, b = weights(plain), weights(compiled)
     assert all(torch.equal(a[k], b[k]) for k in a)

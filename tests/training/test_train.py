@@ -315,3 +315,27 @@ def test_a_key_added_since_the_checkpoint_is_not_a_change_on_resume(tmp_path):
     assert check_resumable("last.pt", saved, current, mid_epoch=False) == []
     changed = {**current, "train": {**current["train"], "embedder_lr_scale": 0.5}}
     assert check_resumable("last.pt", saved, changed, mid_epoch=False) == ["train.embedder_lr_scale: 1.0 -> 0.5"]
+
+
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        (
+            lambda emb, key: emb.__setitem__(key, torch.zeros(3)),
+            r"embedder: backbone.0.weight: \(3,\) vs \(64, 3, 7, 7\)",
+        ),
+        (lambda emb, key: emb.pop(key), r"embedder: missing backbone.0.weight"),
+        (lambda emb, key: emb.__setitem__("extra.weight", torch.zeros(1)), r"embedder: unexpected extra.weight"),
+    ],
+)
+def test_resume_with_weights_that_do_not_fit_names_the_first_one(faces, tmp_path, damage, expected):
+    cfg = tiny_config(faces, tmp_path / "run", train={"epochs": 1})
+    trainer = Trainer(cfg, progress=False)
+    trainer.setup()
+    path = trainer.save()
+    state = {k: v for k, v in load_checkpoint(path).items() if k not in ("format_version", "facetrain_version")}
+    embedder = dict(state["embedder"])
+    damage(embedder, "backbone.0.weight")
+    save_checkpoint({**state, "embedder": embedder}, path)
+    with pytest.raises(CheckpointError, match=rf"does not fit this model \({expected}\): start a new run"):
+        Trainer(cfg, progress=False, resume=path).setup()
