@@ -157,6 +157,7 @@ def align_command(
         (counts["no_face"], "without a face, skipped"),
         (counts["unreadable"], "unreadable, skipped"),
         (counts["unwritable"], "whose crop could not be written, skipped"),
+        (result.unsupported, "files of a type facetrain does not read (a .gif, a .heic, ...), skipped"),
     ]
     said = [f"{count} {what}" for count, what in notes if count]
     if said:

@@ -48,6 +48,19 @@ def is_record_file(root: str | Path) -> bool:
     return path.suffix.lower() == ".rec" or describe(path) == RECORDIO
 
 
+def unsupported_files(root: Path) -> list[Path]:
+    """Files under ``root`` that ``find_images`` passes over for their type (a .gif, a .heic, notes), sorted;
+    hidden ones aside."""
+    found = [
+        Path(folder, name)
+        for folder, dirs, files in os.walk(root, followlinks=False)
+        for name in files
+        if not name.startswith(".") and Path(name).suffix.lower() not in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in Path(folder).relative_to(root).parts)
+    ]  # fmt: skip
+    return sorted(found, key=lambda path: path.relative_to(root).parts)
+
+
 def find_images(root: Path) -> tuple[list[Path], bool]:
     """Image files under ``root`` in sorted order, and whether any lie in a sub-folder.
 

@@ -208,10 +208,12 @@ def make_photos(root: Path) -> Path:
 
 def test_align_folder_report_and_resume(tmp_path: Path) -> None:
     photos, out = make_photos(tmp_path / "raw"), tmp_path / "aligned"
+    frames = [Image.new("RGB", (40, 40), color) for color in ("red", "blue")]
+    frames[0].save(photos / "alice" / "animated.gif", save_all=True, append_images=frames[1:])  # not read: listed
     result = align_folder(photos, out)
     assert (result.images, result.already, result.crops) == (7, 0, 5)
     assert dict(result.counts) == {"aligned": 4, "multiple_faces": 1, "no_face": 1, "unreadable": 1}
-    assert result.skipped == 2
+    assert result.skipped == 3 and result.unsupported == 1
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg"))
     assert written == ["alice/0.jpg", "alice/1.jpg", "bob/0.jpg", "bob/1.jpg", "carol/group.jpg"]
     assert all(Image.open(out / name).size == (112, 112) for name in written)
@@ -221,10 +223,12 @@ def test_align_folder_report_and_resume(tmp_path: Path) -> None:
     assert rows[0] == "path\tstatus\tfaces\tcrops\tdetail"
     statuses = {row.split("\t")[0]: row.split("\t")[1] for row in rows[1:]}
     assert statuses == {
+        "alice/animated.gif": "unsupported",
         "bob/broken.jpg": "unreadable",
         "bob/landscape.png": "no_face",
         "carol/group.png": "multiple_faces",
     }
+    assert "a .gif file is not an image type facetrain reads: convert it to JPEG" in "\n".join(rows)
     assert "2 faces: kept the one at" in (out / "align_report.tsv").read_text()
     # The larger face of the group photo is the one kept: its crop matches the pasted face's own crop.
     group = np.asarray(Image.open(out / "carol" / "group.jpg").convert("L"), float)

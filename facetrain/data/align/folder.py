@@ -26,6 +26,7 @@ from tqdm import tqdm
 from facetrain.data.align.aligner import Aligned, Aligner
 from facetrain.data.align.options import AlignOptions, check_folders, check_options
 from facetrain.data.align.report import REPORT, Row, journal, read_rows, write_report
+from facetrain.data.sources import unsupported_files
 from facetrain.errors import ConfigError, OutputError
 from facetrain.files import atomic_write, write_text
 
@@ -35,6 +36,7 @@ _CHUNK = 8  # photos per batch through the detector
 # photos of 250x250 at 91/s against 84/s in one process, and 600 photos more slowly (bench_align.py).
 PHOTOS_PER_WORKER = 1000
 _QUALITY = 95
+SHOWN_TYPES = ("JPEG", "PNG", "BMP", "TIFF", "WebP", "PGM/PPM")  # what the report tells a user to convert to
 
 
 @dataclass
@@ -46,11 +48,13 @@ class AlignResult:
     crops: int = 0  # crops written by this run
     counts: Counter = field(default_factory=Counter)  # this run's photos by status
     seconds: float = 0.0
+    unsupported: int = 0  # files of a type facetrain does not read (a .gif, a .heic): listed in the report
 
     @property
     def skipped(self) -> int:
-        """Photos that gave no crop (no face, unreadable, or the crop could not be written)."""
-        return self.counts["no_face"] + self.counts["unreadable"] + self.counts["unwritable"]
+        """Photos that gave no crop (no face, unreadable, or the crop could not be written), and files of a
+        type facetrain does not read."""
+        return self.counts["no_face"] + self.counts["unreadable"] + self.counts["unwritable"] + self.unsupported
 
 
 def align_folder(
@@ -77,6 +81,7 @@ def align_folder(
     write_report(out, list(earlier.values()))
     kept: list[Row] = []  # report rows of photos aligned by an earlier run
     jobs = []
+    others = _unsupported_rows(root)
     for path, base in zip(paths, _targets(root, out, paths), strict=True):
         relative = path.relative_to(root).as_posix()
         if _first_crop(base, options).exists():
@@ -101,11 +106,22 @@ def align_folder(
     finally:  # also after Ctrl-C: the report covers what was done, with the journal's rows of chunks cut short
         unfinished = {relative: earlier[relative] for _, _, relative in jobs if relative in earlier}
         latest = {**unfinished, **{row[0]: row for row in rows}, **read_rows(out, journal_only=True)}
-        write_report(out, [*kept, *latest.values()])
+        write_report(out, [*kept, *latest.values(), *others])
     result.seconds = time.perf_counter() - start
     result.counts = Counter(row[1] for row in rows)
     result.crops = sum(row[3] for row in rows)
+    result.unsupported = len(others)
     return result
+
+
+def _unsupported_rows(root: Path) -> list[Row]:
+    """A report row for each file under ``root`` that is not of an image type facetrain reads."""
+    rows = []
+    for path in unsupported_files(root):
+        kind = f"a {path.suffix.lower()} file" if path.suffix else "a file without an extension"
+        reason = f"{kind} is not an image type facetrain reads: convert it to {', '.join(SHOWN_TYPES)}"
+        rows.append((path.relative_to(root).as_posix(), "unsupported", 0, 0, reason))
+    return rows
 
 
 def _claim(out: Path, options: AlignOptions) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from facetrain.files import atomic_write
 
 REPORT, JOURNAL = "align_report.tsv", ".align_journal.tsv"
-STATUSES = ("aligned", "multiple_faces", "center_crop", "no_face", "unreadable", "unwritable")
+STATUSES = ("aligned", "multiple_faces", "center_crop", "no_face", "unreadable", "unwritable", "unsupported")
 HEADER = ("path", "status", "faces", "crops", "detail")
 Row = tuple[str, str, int, int, str]  # (relative path, status, faces found, crops written, detail)
 # File names need not be UTF-8 on Linux: their undecodable bytes go through as they came.
