@@ -218,3 +218,12 @@ def test_nproc_per_node_under_torchrun_is_ignored_with_one_warning(monkeypatch, 
     monkeypatch.setenv("FACETRAIN_LAUNCHED", "1")  # a worker of facetrain's own launcher: nothing to say
     launch_if_asked("4")
     assert not caplog.records
+
+
+def test_a_worker_killed_by_a_signal_is_named_with_the_way_to_resume():
+    from facetrain.cli.launch import killed_message
+
+    message = killed_message(1, 9, "runs/x/last.pt")
+    assert message.startswith("error: rank 1 was killed (SIGKILL), and the launcher stopped the others")
+    assert message.endswith("continue with facetrain train --resume runs/x/last.pt --nproc-per-node N")
+    assert "(signal 99)" in killed_message(0, 99, None) and "--resume RUN_DIR/last.pt" in killed_message(0, 99, None)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import uuid
+from pathlib import Path
 
 import typer
 
@@ -44,7 +46,7 @@ def without_option(argv: list[str], option: str) -> list[str]:
     return kept
 
 
-def launch(count: int, argv: list[str]) -> int:
+def launch(count: int, argv: list[str], last: str | Path | None = None) -> int:
     """Runs ``python -m facetrain ARGV`` as ``count`` workers of one machine; returns the exit code.
 
     A worker that fails has printed its own message; the agent's report of it is not repeated.
@@ -72,14 +74,29 @@ def launch(count: int, argv: list[str]) -> int:
     try:
         elastic_launch(config, sys.executable)("-m", "facetrain", *argv)
     except ChildFailedError as exc:
-        _, failure = exc.get_first_failure()
+        rank, failure = exc.get_first_failure()
+        if failure.exitcode < 0:  # killed by a signal: the worker could not say so itself
+            typer.echo(killed_message(rank, -failure.exitcode, last), err=True)
         return failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode  # -9: killed by SIGKILL
     except SignalException as exc:
         return 128 + int(exc.sigval)
     return 0
 
 
-def launch_if_asked(nproc_per_node: str) -> None:
+def killed_message(rank: int, signal_number: int, last: str | Path | None) -> str:
+    """What the launcher says when a worker died of a signal: which rank, which signal, how to go on."""
+    try:
+        name = signal.Signals(signal_number).name
+    except ValueError:
+        name = f"signal {signal_number}"
+    resume = f"--resume {last}" if last is not None else "--resume RUN_DIR/last.pt"
+    return (
+        f"error: rank {rank} was killed ({name}), and the launcher stopped the others: checkpoints are written "
+        f"atomically, so the last one is intact; continue with facetrain train {resume} --nproc-per-node N"
+    )
+
+
+def launch_if_asked(nproc_per_node: str, last: str | Path | None = None) -> None:
     """Starts the workers and exits with their code, unless this is one of them or 1 process is asked for."""
     if "RANK" in os.environ:  # a worker (or a rank under torchrun): run the command itself
         if "FACETRAIN_LAUNCHED" not in os.environ and os.environ.get("RANK") == "0" and nproc_per_node != "1":
@@ -93,4 +110,4 @@ def launch_if_asked(nproc_per_node: str) -> None:
         return
     if sys.argv[1:2] != ["train"]:  # the workers re-run this command line: it must be this one
         raise typer.BadParameter("--nproc-per-node works from the command line: use torchrun in a script")
-    raise typer.Exit(launch(count, without_option(sys.argv[1:], "--nproc-per-node")))
+    raise typer.Exit(launch(count, without_option(sys.argv[1:], "--nproc-per-node"), last))

@@ -70,7 +70,8 @@ def train(
     if nproc_per_node is not None:  # after the checks: a mistake is answered once, before any worker starts
         from facetrain.cli.launch import launch_if_asked
 
-        launch_if_asked(nproc_per_node)  # exits with the workers' code when it started them
+        last = Path(cfg.run_dir) / "last.pt" if cfg is not None else resume  # what a killed run resumes from
+        launch_if_asked(nproc_per_node, last)  # exits with the workers' code when it started them
     from facetrain.training import train as run_training
 
     if device:
