@@ -6,6 +6,7 @@ Each test starts real processes (2 gloo ranks on CPU), so they are few and small
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -158,6 +159,8 @@ def test_a_killed_rank_makes_the_others_exit(tmp_path):
     assert process.returncode != 0
     assert "Traceback" not in stderr
     assert stderr.count("error:") <= 1
+    assert re.search(r"rank [01] was killed \(SIGKILL\), and the launcher stopped the others", stderr)  # the cause
+    assert f"--resume {tmp_path / 'run' / 'last.pt'} --nproc-per-node N" in stderr
     assert load_checkpoint(checkpoint)["world_size"] == 2
 
 
@@ -224,6 +227,6 @@ def test_a_worker_killed_by_a_signal_is_named_with_the_way_to_resume():
     from facetrain.cli.launch import killed_message
 
     message = killed_message(1, 9, "runs/x/last.pt")
-    assert message.startswith("error: rank 1 was killed (SIGKILL), and the launcher stopped the others")
+    assert message.startswith("rank 1 was killed (SIGKILL), and the launcher stopped the others")
     assert message.endswith("continue with facetrain train --resume runs/x/last.pt --nproc-per-node N")
     assert "(signal 99)" in killed_message(0, 99, None) and "--resume RUN_DIR/last.pt" in killed_message(0, 99, None)

@@ -91,7 +91,7 @@ def killed_message(rank: int, signal_number: int, last: str | Path | None) -> st
         name = f"signal {signal_number}"
     resume = f"--resume {last}" if last is not None else "--resume RUN_DIR/last.pt"
     return (
-        f"error: rank {rank} was killed ({name}), and the launcher stopped the others: checkpoints are written "
+        f"rank {rank} was killed ({name}), and the launcher stopped the others: checkpoints are written "
         f"atomically, so the last one is intact; continue with facetrain train {resume} --nproc-per-node N"
     )
 
