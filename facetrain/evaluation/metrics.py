@@ -54,15 +54,7 @@ def best_threshold(scores: torch.Tensor, is_same: torch.Tensor) -> ThresholdResu
 
 def roc_auc(scores: torch.Tensor, is_same: torch.Tensor) -> float:
     """Area under the ROC curve: P(genuine score > impostor score), ties counted half."""
-    positives = int(is_same.sum())
-    negatives = len(is_same) - positives
-    if positives == 0 or negatives == 0:
-        return float("nan")
-    _, inverse, counts = torch.unique(scores.double(), return_inverse=True, return_counts=True)
-    ends = counts.cumsum(0).double()
-    mean_rank = ends - (counts.double() - 1) / 2  # 1-based average rank of each distinct value
-    rank_sum = mean_rank[inverse][is_same].sum().item()
-    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+    return auc_from_counts(*roc_counts(scores, is_same))
 
 
 def roc_curve(scores: torch.Tensor, is_same: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -71,21 +63,8 @@ def roc_curve(scores: torch.Tensor, is_same: torch.Tensor) -> tuple[torch.Tensor
     Point k accepts ("same") every pair whose score is >= thresholds[k]. The first point (threshold
     +inf) accepts nothing, so the curve runs from (0, 0) to (1, 1).
     """
-    scores = scores.double()
-    positives = max(int(is_same.sum()), 1)
-    negatives = max(len(is_same) - int(is_same.sum()), 1)
-    order = torch.argsort(scores, descending=True)
-    sorted_scores, sorted_same = scores[order], is_same[order].long()
-    true_accepts = sorted_same.cumsum(0)
-    false_accepts = (1 - sorted_same).cumsum(0)
-    # Keep the last position of each run of equal scores: a threshold accepts all of them or none.
-    last_of_run = torch.ones(len(scores), dtype=torch.bool)
-    last_of_run[:-1] = sorted_scores[1:] != sorted_scores[:-1]
-    zero = torch.zeros(1, dtype=torch.float64)
-    far = torch.cat([zero, false_accepts[last_of_run].double() / negatives])
-    tar = torch.cat([zero, true_accepts[last_of_run].double() / positives])
-    thresholds = torch.cat([torch.tensor([float("inf")], dtype=torch.float64), sorted_scores[last_of_run]])
-    return far, tar, thresholds
+    false_accepts, true_accepts, thresholds, negatives, positives = _roc_points(scores, is_same)
+    return false_accepts.double() / max(negatives, 1), true_accepts.double() / max(positives, 1), thresholds
 
 
 def equal_error_rate(scores: torch.Tensor, is_same: torch.Tensor) -> float:
@@ -106,12 +85,7 @@ def tar_at_far(scores: torch.Tensor, is_same: torch.Tensor, target_far: float) -
 
     None when there are too few negative pairs to measure that FAR (fewer than 1 / target_far).
     """
-    negatives = len(is_same) - int(is_same.sum())
-    if negatives * target_far < 1.0 - 1e-9:
-        return None
-    far, tar, _ = roc_curve(scores, is_same)
-    allowed = far <= target_far + 1e-12
-    return float(tar[allowed].max())
+    return tar_at_far_strict(*roc_counts(scores, is_same), target_far)
 
 
 @dataclass(frozen=True)
@@ -155,18 +129,30 @@ def contiguous_folds(count: int, k: int) -> torch.Tensor:
 def roc_counts(scores: torch.Tensor, is_same: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     """(false accepts, true accepts) at every distinct score, strictest first, after a (0, 0) point,
     as int64 counts; and the numbers of negative and positive pairs."""
+    false_accepts, true_accepts, _, negatives, positives = _roc_points(scores, is_same)
+    return false_accepts, true_accepts, negatives, positives
+
+
+def _roc_points(
+    scores: torch.Tensor, is_same: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int]:
+    """False and true accepts (int64 counts) and the threshold at every distinct score, strictest first,
+    after a (0, 0) point at threshold +inf; and the numbers of negative and positive pairs."""
     positives = int(is_same.sum())
     negatives = len(is_same) - positives
     order = torch.argsort(scores.double(), descending=True)
     sorted_scores, sorted_same = scores.double()[order], is_same[order]
     true_accepts = sorted_same.long().cumsum(0)
     false_accepts = torch.arange(1, len(scores) + 1) - true_accepts
+    # Keep the last position of each run of equal scores: a threshold accepts all of them or none.
     last_of_run = torch.ones(len(scores), dtype=torch.bool)
     last_of_run[:-1] = sorted_scores[1:] != sorted_scores[:-1]
     zero = torch.zeros(1, dtype=torch.long)
+    thresholds = torch.cat([torch.tensor([float("inf")], dtype=torch.float64), sorted_scores[last_of_run]])
     return (
         torch.cat([zero, false_accepts[last_of_run]]),
         torch.cat([zero, true_accepts[last_of_run]]),
+        thresholds,
         negatives,
         positives,
     )

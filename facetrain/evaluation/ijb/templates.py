@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from facetrain.errors import DataError
+from facetrain.evaluation.ijb.protocol import require_templates
 
 IMAGE_CHUNK = 65_536
 PAIR_CHUNK = 4_194_304
@@ -50,22 +51,10 @@ class Templates:
     ids: np.ndarray  # (T,) int64, sorted
     features: torch.Tensor  # (T, D) float32, L2-normalised
 
-    def rows(self, ids: np.ndarray, source: str, what: str = "template") -> np.ndarray:
+    def rows(self, ids: np.ndarray, source: str) -> np.ndarray:
         """Row of each id in ``features``; one line naming the first id that has no images."""
-        rows = np.searchsorted(self.ids, ids)
-        rows = np.minimum(rows, len(self.ids) - 1)
-        missing = self.ids[rows] != ids
-        if missing.any():
-            first = int(np.flatnonzero(missing)[0])
-            raise DataError(
-                f"{source}, line {first + 1 + _header(source)}: {what} {int(ids[first])} has no images in the "
-                f"face_tid_mid file ({int(missing.sum())} such rows): use the meta files of one IJB release"
-            )
-        return rows
-
-
-def _header(source: str) -> int:
-    return 1 if source.endswith(".csv") else 0
+        require_templates(ids, self.ids, source)
+        return np.searchsorted(self.ids, ids)
 
 
 def pool_templates(
