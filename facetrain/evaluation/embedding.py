@@ -46,7 +46,6 @@ class PairImages(Dataset):
             raise BadImage(str(exc)) from None
 
 
-@torch.no_grad()
 def embed_batches(
     model: PixelEmbedder, batches: Iterable[torch.Tensor], flip: bool, on_batch: Any = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
