@@ -89,6 +89,10 @@ def process_group(device: torch.device, timeout_s: float) -> Iterator[None]:
     _started = True
     try:
         yield
+    except FacetrainError as exc:
+        if not isinstance(exc, PeerFailed):  # this rank says why it stops: the others need not
+            report_failure()
+        raise
     finally:
         # DistributedDataParallel sits in a reference cycle. Left for the interpreter's exit, its
         # collection after the group is gone aborts a gloo rank now and then (SIGABRT, "terminate
@@ -259,6 +263,41 @@ def settle(error: BaseException | None) -> None:
         raise PeerFailed(f"rank {failed[0][0]} failed") from error
     peer, (kind, message) = failed[0]
     raise _error_class(kind)(f"rank {peer}: {message}")
+
+
+_FAILED_KEY = "facetrain/failed"  # in the run's rendezvous store: the rank that stopped and said why
+
+
+def report_failure() -> None:
+    """Records in the rendezvous store that this rank stops on an error it reports itself, so a peer
+    that then loses contact with it exits quietly (``peer_reported``) instead of adding a second message."""
+    store = _store()
+    if store is not None:
+        with contextlib.suppress(Exception):  # best effort: without it, the peer says it lost contact
+            store.set(_FAILED_KEY, str(rank()))
+
+
+def peer_reported(wait_s: float = 2.0) -> bool:
+    """Whether another rank has stopped on an error it reported (``report_failure``), waiting up to ``wait_s``
+    for the record: the peer writes it just before it leaves, so the news of its leaving can come first."""
+    store = _store()
+    if store is None:
+        return False
+    try:
+        store.wait([_FAILED_KEY], datetime.timedelta(seconds=wait_s))
+        return int(store.get(_FAILED_KEY)) != rank()
+    except Exception:  # not recorded in time, or the store left with the rank that held it
+        return False
+
+
+def _store() -> Any:
+    """The process group's key-value store (torchrun's agent holds it, so it outlives a failed rank), or None."""
+    if not active():
+        return None
+    try:
+        return dist.distributed_c10d._get_default_store()
+    except Exception:
+        return None
 
 
 _PEER_SIGNS = ("gloo", "nccl", "connection reset", "connection closed", "broken pipe", "timed out waiting")

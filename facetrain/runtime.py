@@ -102,6 +102,21 @@ def use_channels_last(setting: bool | str, device: torch.device) -> bool:
     return device.type == "cuda" if setting == "auto" else bool(setting)
 
 
+# torch's own notices while it compiles for a CPU ("No CUDA runtime is found, using CUDA_HOME=..."): facetrain's
+# one warning (``warn_compile_on_cpu``) says what matters.
+_COMPILE_NOISE = ("torch.utils.cpp_extension",)
+
+
+def warn_compile_on_cpu() -> None:
+    """``train.compile`` on a CPU: one warning that it targets GPUs, and torch's compiler notices kept quiet."""
+    log.warning(
+        "train.compile: torch.compile targets GPUs; on a CPU the first steps spend minutes compiling "
+        "and the run is rarely faster: set train.compile: false there"
+    )
+    for name in _COMPILE_NOISE:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 class CompiledOrEager(torch.nn.Module):
     """``torch.compile`` of a module that falls back to the module itself, with one warning, when compiling fails.
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import typer
 from conftest import REPO, write_tiny_yaml
 from typer.testing import CliRunner
 
@@ -98,6 +99,17 @@ def test_error_on_the_main_rank_alone_stops_every_rank_with_one_message(tmp_path
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.alone  # a launcher and its ranks
+def test_a_data_error_mid_epoch_on_one_rank_is_the_only_message(tmp_path):
+    config = write_config(tmp_path)
+    (tmp_path / "faces" / "id03" / "img05.png").write_bytes(b"not an image")  # read by one rank, mid-epoch
+    result = facetrain("train", "--nproc-per-node", "2", "--config", config, "--set", "data.cache=none")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.count("error:") == 1, result.stderr[-2000:]
+    assert "cannot read image" in result.stderr and "img05.png" in result.stderr
+    assert "lost contact" not in result.stderr and "Traceback" not in result.stderr
+
+
 def _start(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
     config = write_config(tmp_path, "eval: {sets: []}\n")
     args = ["--set", "train.epochs=100", "--set", "train.checkpoint_every_steps=1", "--set", "head.type=arcface"]
@@ -139,9 +151,11 @@ def test_sigterm_on_the_launcher_stops_every_rank_and_keeps_the_checkpoint(tmp_p
     saved = load_checkpoint(checkpoint)
     assert saved["world_size"] == 2
     # Continue it on 3 processes (each reads its slice of the memory-mapped checkpoint) to the next epoch end.
-    more = facetrain(
-        "train", "--nproc-per-node", "3", "--resume", str(checkpoint), "--set", f"train.epochs={saved['epoch'] + 1}"
-    )
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "3", "-m"]
+    more = subprocess.run(  # plain torchrun: 3 processes may be more than this machine's cores
+        [*command, "facetrain", "train", "--resume", str(checkpoint), "--set", f"train.epochs={saved['epoch'] + 1}"],
+        capture_output=True, text=True, cwd=REPO, env=ENV, timeout=240,
+    )  # fmt: skip
     assert more.returncode == 0, more.stderr[-2000:]
     assert "the checkpoint was written by 2 processes, this run has 3" in more.stderr
     final = load_checkpoint(checkpoint)
@@ -165,18 +179,37 @@ def test_a_killed_rank_makes_the_others_exit(tmp_path):
 
 
 @pytest.mark.alone  # a launcher and its ranks
-@pytest.mark.parametrize(
-    ("setting", "message"),
-    [
-        ("data.val_identities=4", "3 ranks but only 2 training identities"),
-        ("model.sync_bn=true", "model.sync_bn: torch's SyncBatchNorm runs on CUDA only"),
-    ],
-)
-def test_a_setting_that_cannot_work_on_several_ranks_is_one_line(tmp_path, setting, message):
-    result = facetrain("train", "--nproc-per-node", "3", "--config", write_config(tmp_path), "--set", setting)
+def test_a_setting_that_cannot_work_on_several_ranks_is_one_line(tmp_path):
+    config = write_config(tmp_path)
+    result = facetrain("train", "--nproc-per-node", "2", "--config", config, "--set", "model.sync_bn=true")
     assert result.returncode == 2, result.stderr[-2000:]
-    assert result.stderr.count("error:") == 1 and message in result.stderr
+    assert result.stderr.count("error:") == 1
+    assert "model.sync_bn: torch's SyncBatchNorm runs on CUDA only" in result.stderr
     assert "Traceback" not in result.stderr
+    # More ranks than identities takes 3 processes: plain torchrun starts more than this machine's cores.
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "3", "-m"]
+    result = subprocess.run(
+        [*command, "facetrain", "train", "--config", config, "--set", "data.val_identities=4"],
+        capture_output=True, text=True, cwd=REPO, env=ENV, timeout=240,
+    )  # fmt: skip
+    ours = [line for line in result.stderr.splitlines() if line.startswith(("error:", "rank "))]
+    assert ours == ["error: 3 ranks but only 2 training identities: each rank holds a slice of the classifier, so "
+                    "start at most as many processes as identities"], result.stderr[-2000:]  # fmt: skip
+
+
+def test_nproc_per_node_above_the_cores_on_cpu_is_refused_before_any_worker_starts(tmp_path):
+    from facetrain.cli.launch import check_cores, usable_cores
+
+    with pytest.raises(typer.BadParameter, match="--nproc-per-node 6 is more processes than the 2 CPU cores .*"
+                       "use --nproc-per-node 2 or fewer"):  # fmt: skip
+        check_cores(6, "cpu", cores=2)
+    check_cores(2, "cpu", cores=2)
+    check_cores(6, "cuda", cores=2)  # GPU ranks: one per GPU, checked by the ranks themselves
+    too_many = str(usable_cores() + 1)
+    result = facetrain("train", "--nproc-per-node", too_many, "--config", write_config(tmp_path), "--device", "cpu")
+    assert result.returncode == 2
+    assert f"--nproc-per-node {too_many} is more processes" in " ".join(result.stderr.split())
+    assert not (tmp_path / "run").exists()  # no worker started
 
 
 def test_nproc_per_node_mistakes_exit_2(tmp_path):

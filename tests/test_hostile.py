@@ -409,7 +409,45 @@ CASES: dict[str, Case] = {
         lambda w: ["train", "--resume", str(misfit_checkpoint(w))],
         ("does not fit this model (embedder: backbone.0.weight: (3,) vs", "start a new run"),
     ),
+    "align_an_animated_gif": Case(
+        lambda w: ["align", "--input", str(gif_photos(w)), "--out", str(w.root / "cases" / "gif_out")],
+        ("1 files of a type facetrain does not read (a .gif, a .heic, ...), skipped: see", "align_report.tsv"),
+        "warning",
+        3,
+    ),
+    "align_only_a_gif": Case(
+        lambda w: ["align", "--input", str(gif_photos(w) / "alice"), "--out", str(w.root / "cases" / "gif_out2")],
+        ("has no image of a type facetrain reads, only 1 other file (first: 'animated.gif'): convert",),
+    ),
+    "check_global_batch_over_the_set": Case(
+        lambda w: ["check", "--config", str(w.config), "--world-size", "8"],
+        ("the global batch of 64 (8 ranks x 8) is larger than the training set (24 images)",),
+        "problem",
+    ),
+    "nproc_above_the_cores": Case(
+        lambda w: [
+            *["train", "--config", str(w.config), "--nproc-per-node", "1024", "--device", "cpu"],
+            *["--set", f"run_dir={w.root / 'cases' / 'nproc_run'}"],
+        ],
+        ("--nproc-per-node 1024 is more processes than the",),
+        "usage",
+    ),
+    "nproc_with_a_missing_config": Case(
+        lambda w: ["train", "--config", str(w.root / "cases" / "missing.yaml"), "--nproc-per-node", "2"],
+        ("missing.yaml", "not found"),
+    ),
 }
+
+
+def gif_photos(w: World) -> Path:
+    """A folder of photos holding only an animated GIF, a type facetrain does not read."""
+    folder = w.root / "cases" / "gif_photos" / "alice"
+    if not folder.exists():
+        make_faces(folder.parent, identities=1, per_identity=2)  # 24 px: too small for a face, but images
+        folder.mkdir(parents=True, exist_ok=True)
+        frames = [Image.new("RGB", (40, 40), color) for color in ("red", "blue")]
+        frames[0].save(folder / "animated.gif", save_all=True, append_images=frames[1:])
+    return folder.parent
 
 
 def evaluate_list(w: World, pairs: Path) -> list[str]:

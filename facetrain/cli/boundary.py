@@ -27,7 +27,7 @@ from typing import Any, TextIO
 
 import typer
 
-from facetrain.errors import FacetrainError, Terminated, brief
+from facetrain.errors import FacetrainError, PeerFailed, Terminated, brief
 
 # OSErrors that a user's path causes; any other OSError is a bug, or a fault that keeps its traceback.
 _PATH_ERRNOS = frozenset(
@@ -45,7 +45,8 @@ def error_boundary(command: Callable[..., Any]) -> Callable[..., Any]:
         except FacetrainError as exc:
             if os.environ.get("FACETRAIN_DEBUG") == "1":  # the traceback is extra; the exit code stays 2
                 traceback.print_exc()
-            _say(f"error: {exc}", exc.shared)
+            if not isinstance(exc, PeerFailed):  # the rank that failed has said why
+                _say(f"error: {exc}", exc.shared)
             raise typer.Exit(2) from None
         except OSError as exc:  # about a user's path (too long a name, no permission): theirs to fix
             if exc.filename is None or exc.errno not in _PATH_ERRNOS:

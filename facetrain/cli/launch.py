@@ -96,7 +96,29 @@ def killed_message(rank: int, signal_number: int, last: str | Path | None) -> st
     )
 
 
-def launch_if_asked(nproc_per_node: str, last: str | Path | None = None) -> None:
+def check_cores(count: int, device: str, cores: int | None = None) -> None:
+    """On CPU, refuses more processes than the cores this process may use (naming both numbers): each
+    rank would only wait for the others. torchrun itself still starts any number, for who means it."""
+    import torch
+
+    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    cores = cores if cores is not None else usable_cores()
+    if on_cpu and count > cores:
+        raise typer.BadParameter(
+            f"--nproc-per-node {count} is more processes than the {cores} CPU core{'s' if cores != 1 else ''} this "
+            f"run may use, and CPU ranks would only wait for each other: use --nproc-per-node {cores} or fewer "
+            f"(torchrun --standalone --nproc-per-node {count} starts them anyway, to test a larger world)"
+        )
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, as a container or taskset limits it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def launch_if_asked(nproc_per_node: str, last: str | Path | None = None, device: str = "auto") -> None:
     """Starts the workers and exits with their code, unless this is one of them or 1 process is asked for."""
     if "RANK" in os.environ:  # a worker (or a rank under torchrun): run the command itself
         if "FACETRAIN_LAUNCHED" not in os.environ and os.environ.get("RANK") == "0" and nproc_per_node != "1":
@@ -108,6 +130,7 @@ def launch_if_asked(nproc_per_node: str, last: str | Path | None = None) -> None
     count = process_count(nproc_per_node)
     if count == 1:
         return
+    check_cores(count, device)
     if sys.argv[1:2] != ["train"]:  # the workers re-run this command line: it must be this one
         raise typer.BadParameter("--nproc-per-node works from the command line: use torchrun in a script")
     raise typer.Exit(launch(count, without_option(sys.argv[1:], "--nproc-per-node"), last))

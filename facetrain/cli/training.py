@@ -71,7 +71,8 @@ def train(
         from facetrain.cli.launch import launch_if_asked
 
         last = Path(cfg.run_dir) / "last.pt" if cfg is not None else resume  # what a killed run resumes from
-        launch_if_asked(nproc_per_node, last)  # exits with the workers' code when it started them
+        planned = device or (cfg.train.device if cfg is not None else "auto")
+        launch_if_asked(nproc_per_node, last, planned)  # exits with the workers' code when it started them
     from facetrain.training import train as run_training
 
     if device:

@@ -17,7 +17,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from facetrain import distributed
 from facetrain.config import Config, dump_config
 from facetrain.data import build_datasets, num_classes_problem
-from facetrain.errors import ConfigError, TrainingError
+from facetrain.errors import ConfigError, PeerFailed, TrainingError
 from facetrain.files import write_text
 from facetrain.models import ShardedHead, build_embedder, build_head, rival_cosines
 from facetrain.runtime import (
@@ -27,6 +27,7 @@ from facetrain.runtime import (
     resolve_precision,
     seed_everything,
     use_channels_last,
+    warn_compile_on_cpu,
 )
 from facetrain.training import parallel
 from facetrain.training.angles import HeadWatch
@@ -112,10 +113,7 @@ class Trainer(Feed, Checkpoints, FineTune):
         trained = self.eval_model = self.embedder
         if cfg.train.compile:  # one compile for training, one for evaluation; they fall back together
             if self.device.type == "cpu":
-                log.warning(
-                    "train.compile: torch.compile targets GPUs; on a CPU the first steps spend minutes compiling "
-                    "and the run is rarely faster: set train.compile: false there"
-                )
+                warn_compile_on_cpu()
             trained = CompiledOrEager(self.embedder, "embedder in training")
             self.eval_model = CompiledOrEager(self.embedder, "embedder in evaluation", trained)
         self.model = parallel.wrap_embedder(trained, cfg.model.sync_bn, self.device)
@@ -205,6 +203,8 @@ class Trainer(Feed, Checkpoints, FineTune):
         except RuntimeError as exc:
             if not distributed.lost_peer(exc):
                 raise
+            if distributed.peer_reported():  # it said why it stopped: nothing to add
+                raise PeerFailed("a peer failed and reported why") from None
             timeout = self.config.train.dist_timeout
             raise TrainingError(
                 f"lost contact with another process of this run at epoch {self.epoch}, step {self.step} (it stopped, "

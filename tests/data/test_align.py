@@ -252,26 +252,50 @@ def test_align_folder_all_faces_and_centre_fallback(tmp_path: Path) -> None:
     assert json.loads((out / "align.json").read_text())["size"] == "128x128"
 
 
-def test_align_folder_in_worker_processes_matches(tmp_path: Path, monkeypatch) -> None:
+def make_varied_photos(root: Path, count: int = 18) -> Path:
+    """Photos of three sizes with a face each at several scales and places: batches of mixed sizes."""
+    sizes = [(240, 220), (320, 260), (200, 200)]
+    for index in range(count):
+        width, height = sizes[index % 3]
+        scale = 0.9 + 0.15 * (index % 5)
+        photo = paste(
+            background(width, height, seed=index), FACES[index % 4], scale, 15 + 7 * (index % 6), 10 + index % 4
+        )
+        save(photo, root / f"p{index % 3}" / f"{index:02d}.jpg", quality=92)
+    return root
+
+
+def digests(out: Path) -> dict[str, bytes]:
+    return {crop.relative_to(out).as_posix(): crop.read_bytes() for crop in sorted(out.rglob("*.jpg"))}
+
+
+def test_crops_are_byte_identical_however_the_work_is_split(tmp_path: Path, monkeypatch) -> None:
+    """Workers, kernel threads and a resume all give the crops an uninterrupted run gives, to the byte."""
     import facetrain.data.align.folder as folder
 
-    photos = make_photos(tmp_path / "raw")
-    here = align_folder(photos, tmp_path / "here", workers=0)
-    started = []
-    monkeypatch.setattr(folder, "_CHUNK", 2)  # 7 photos in 4 chunks, so 2 processes share them
-    pool = folder._pool
-    monkeypatch.setattr(
-        folder, "_pool", lambda processes, options: started.append((processes,)) or pool(processes, options)
-    )
-    pooled = align_folder(photos, tmp_path / "pool", workers=2)
-    assert started == [(2,)]
-    assert dict(pooled.counts) == dict(here.counts)
-    for crop in (tmp_path / "here").rglob("*.jpg"):
-        twin = tmp_path / "pool" / crop.relative_to(tmp_path / "here")
-        # Other batches and one thread a process round differently, by a hair: the same crops all the same.
-        difference = np.abs(np.asarray(Image.open(crop), float) - np.asarray(Image.open(twin), float))
-        assert difference.mean() < 1.0
-    assert (tmp_path / "pool" / "align_report.tsv").read_text() == (tmp_path / "here" / "align_report.tsv").read_text()
+    monkeypatch.setattr(folder, "_CHUNK", 4)  # 18 photos in 5 chunks: work for 2 processes, and a resume mid-chunk
+    photos = make_varied_photos(tmp_path / "raw")
+    first = align_folder(photos, tmp_path / "here", workers=0)
+    assert first.crops >= 15, dict(first.counts)
+    expected = digests(tmp_path / "here")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if threads > 1 else 2)
+    try:
+        align_folder(photos, tmp_path / "threads", workers=0)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads  # the run gives back the threads it borrowed
+    align_folder(photos, tmp_path / "pool", workers=2)
+    shutil.copytree(tmp_path / "here", tmp_path / "resumed")
+    removed = [name for index, name in enumerate(expected) if index % 3 == 1]  # in every chunk, not whole chunks
+    for name in removed:
+        (tmp_path / "resumed" / name).unlink()
+    again = align_folder(photos, tmp_path / "resumed", workers=0)
+    assert again.crops == len(removed)
+    for split in ("threads", "pool", "resumed"):
+        found = digests(tmp_path / split)
+        assert found.keys() == expected.keys()
+        assert [name for name in expected if found[name] != expected[name]] == [], split
 
 
 def test_a_killed_run_keeps_its_notes_through_the_journal(tmp_path: Path) -> None:

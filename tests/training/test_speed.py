@@ -2,6 +2,9 @@
 
 import functools
 import logging
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -166,3 +169,24 @@ def test_compiled_training_resumes_exactly_and_keeps_plain_checkpoint_keys(faces
     assert all(torch.equal(a[k], b[k]) for k in a)
     saved = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
     assert not any("_orig_mod" in key or key.startswith("module.") for key in saved["embedder"])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="inductor needs a C++ compiler")
+def test_compile_on_cpu_shows_facetrain_warning_and_none_of_torchs_notices():
+    """A real inductor compile on the CPU: torch's own "No CUDA runtime is found" notice is not shown."""
+    script = (
+        "import logging, sys, torch\n"
+        "from facetrain.runtime import warn_compile_on_cpu\n"
+        "logging.getLogger('facetrain').addHandler(logging.StreamHandler(sys.stderr))\n"
+        "warn_compile_on_cpu()\n"
+        "model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())\n"
+        "print(tuple(torch.compile(model)(torch.randn(2, 3, 8, 8)).shape))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "(2, 4, 6, 6)"
+    assert result.stderr.strip().splitlines() == [
+        "train.compile: torch.compile targets GPUs; on a CPU the first steps spend minutes compiling and the run is "
+        "rarely faster: set train.compile: false there"
+    ]

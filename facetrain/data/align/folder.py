@@ -15,6 +15,7 @@ import os
 import signal
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from facetrain.files import atomic_write, write_text
 
 SETTINGS = "align.json"
 _CHUNK = 8  # photos per batch through the detector
+Job = tuple[str, str, str, bool]  # a photo's path, its crop's path without suffix, its report name, whether to do it
 # A worker process costs about 2 s to start (it imports torch). On 2 cores, 2 processes aligned 2000
 # photos of 250x250 at 91/s against 84/s in one process, and 600 photos more slowly (bench_align.py).
 PHOTOS_PER_WORKER = 1000
@@ -80,31 +82,33 @@ def align_folder(
     earlier = read_rows(out)  # an earlier run's report, and the journal of one that was killed
     write_report(out, list(earlier.values()))
     kept: list[Row] = []  # report rows of photos aligned by an earlier run
-    jobs = []
+    jobs: list[Job] = []
     others = _unsupported_rows(root)
     for path, base in zip(paths, _targets(root, out, paths), strict=True):
         relative = path.relative_to(root).as_posix()
-        if _first_crop(base, options).exists():
+        done = _first_crop(base, options).exists()
+        if done:
             result.already += 1
             kept.extend([earlier[relative]] if relative in earlier else [])
-        else:
-            jobs.append((str(path), str(base), relative))
+        jobs.append((str(path), str(base), relative, not done))
+    chunks = _chunks(jobs)
+    todo = sum(job[3] for job in jobs)
     if workers is None:
         cores = os.cpu_count() or 1
-        workers = min(cores, len(jobs) // PHOTOS_PER_WORKER) if torch.device(device).type == "cpu" else 0
+        workers = min(cores, todo // PHOTOS_PER_WORKER) if torch.device(device).type == "cpu" else 0
     rows: list[Row] = []  # this run's
     start = time.perf_counter()
     try:
         # closing(): on Ctrl-C the pool is shut down here, its pending chunks cancelled, before the report.
         with (
-            tqdm(total=len(jobs), unit="img", desc="align", disable=not progress, dynamic_ncols=True) as bar,
-            closing(_run(jobs, out, aligner, options, workers)) as chunks,
+            tqdm(total=todo, unit="img", desc="align", disable=not progress, dynamic_ncols=True) as bar,
+            closing(_run(chunks, out, aligner, options, workers)) as results,
         ):
-            for chunk_rows in chunks:
+            for chunk_rows in results:
                 rows.extend(chunk_rows)
                 bar.update(len(chunk_rows))
     finally:  # also after Ctrl-C: the report covers what was done, with the journal's rows of chunks cut short
-        unfinished = {relative: earlier[relative] for _, _, relative in jobs if relative in earlier}
+        unfinished = {relative: earlier[relative] for _, _, relative, wanted in jobs if wanted and relative in earlier}
         latest = {**unfinished, **{row[0]: row for row in rows}, **read_rows(out, journal_only=True)}
         write_report(out, [*kept, *latest.values(), *others])
     result.seconds = time.perf_counter() - start
@@ -165,12 +169,27 @@ def _first_crop(base: Path, options: AlignOptions) -> Path:
     return base.with_name(base.name + ("_0.jpg" if options.all_faces else ".jpg"))
 
 
-def _run(jobs: list[tuple[str, str, str]], out: Path, aligner: Aligner, options: AlignOptions, workers: int):
-    """Yields the rows of each chunk of jobs, aligned here or in ``workers`` processes (CPU only)."""
+def _chunks(jobs: list[Job]) -> list[list[Job]]:
+    """The batches through the detector: fixed runs of ``_CHUNK`` photos of the whole listing, whatever an
+    earlier run did, so a photo is always detected beside the same others; those with nothing to do go."""
     chunks = [jobs[i : i + _CHUNK] for i in range(0, len(jobs), _CHUNK)]
-    if workers <= 1 or aligner.detector.device.type != "cpu" or len(chunks) <= 1:
+    return [chunk for chunk in chunks if any(wanted for *_, wanted in chunk)]
+
+
+def _run(chunks: list[list[Job]], out: Path, aligner: Aligner, options: AlignOptions, workers: int):
+    """Yields the rows of each chunk, aligned here or in ``workers`` processes (CPU only).
+
+    On a CPU, every chunk is detected with one kernel thread, in a worker process or in a thread of
+    this one: a convolution's sums can come out in another order with another thread count (or
+    batch), which moves a landmark by 1e-4 px and a crop's pixel by one grey level. So the crops are
+    byte for byte the same however the run is split: workers, threads, or a resume.
+    """
+    if aligner.detector.device.type != "cpu":
         for chunk in chunks:
             yield _align_chunk(aligner, chunk, out)
+        return
+    if workers <= 1 or len(chunks) <= 1:
+        yield from _threaded(chunks, out, aligner)
         return
     pool = _pool(min(workers, len(chunks)), options)
     try:
@@ -181,6 +200,19 @@ def _run(jobs: list[tuple[str, str, str]], out: Path, aligner: Aligner, options:
         raise
     finally:
         pool.join()
+
+
+def _threaded(chunks: list[list[Job]], out: Path, aligner: Aligner):
+    """The chunks aligned by as many threads of this process as torch had kernel threads, one kernel
+    thread each (chunks in parallel rather than each kernel split: the same speed, or better, on CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    executor = ThreadPoolExecutor(max(1, min(threads, len(chunks))), thread_name_prefix="align")
+    try:
+        yield from executor.map(lambda chunk: _align_chunk(aligner, chunk, out), chunks)
+    finally:  # Ctrl-C, or the caller stopped early: chunks not started are dropped, running ones finish
+        executor.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(threads)
 
 
 def _pool(processes: int, options: AlignOptions) -> multiprocessing.pool.Pool:
@@ -204,16 +236,18 @@ def _start_worker(options: AlignOptions) -> None:
     _worker_aligner = Aligner("cpu", options.size, options.min_face, options.all_faces, options.fallback)
 
 
-def _worker_chunk(job: tuple[list[tuple[str, str, str]], Path]) -> list[Row]:
+def _worker_chunk(job: tuple[list[Job], Path]) -> list[Row]:
     chunk, out = job
     assert _worker_aligner is not None
     return _align_chunk(_worker_aligner, chunk, out)
 
 
-def _align_chunk(aligner: Aligner, chunk: list[tuple[str, str, str]], out: Path) -> list[Row]:
-    results = aligner.align_files([Path(path) for path, _, _ in chunk])
-    return [_save(result, Path(base), relative, aligner.all_faces, out) for (_, base, relative), result in
-            zip(chunk, results, strict=True)]  # fmt: skip
+def _align_chunk(aligner: Aligner, chunk: list[Job], out: Path) -> list[Row]:
+    """Detects the whole chunk (photos done by an earlier run too: they shape the batch) and writes the
+    crops of the photos still to do."""
+    results = aligner.align_files([Path(path) for path, *_ in chunk])
+    return [_save(result, Path(base), relative, aligner.all_faces, out) for (_, base, relative, wanted), result in
+            zip(chunk, results, strict=True) if wanted]  # fmt: skip
 
 
 def _save(result: Aligned, base: Path, relative: str, all_faces: bool, out: Path) -> Row:

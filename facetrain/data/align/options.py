@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facetrain.data.sources import find_images
+from facetrain.data.sources import find_images, unsupported_files
 from facetrain.errors import ConfigError, DataError, OutputError, brief
 from facetrain.files import require_folder
 
@@ -52,6 +52,13 @@ def check_folders(source: str | Path, out: str | Path) -> tuple[Path, list[Path]
     root = require_photos(source)
     paths, _ = find_images(root)
     if not paths:
+        others = unsupported_files(root)
+        if others:
+            first = others[0].relative_to(root).as_posix()
+            raise DataError(
+                f"--input '{root}' has no image of a type facetrain reads, only {len(others)} other file"
+                f"{'s' if len(others) > 1 else ''} (first: '{first}'): convert photos to JPEG or PNG"
+            )
         raise DataError(f"--input '{root}' has no images: expected {root}/<person>/<photo> or {root}/<photo>")
     return root, paths, _check_out(root, Path(out))
 
