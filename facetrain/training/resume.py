@@ -26,7 +26,7 @@ from facetrain.models import first_mismatch
 from facetrain.runtime import rng_state, set_rng_state
 from facetrain.training import parallel
 from facetrain.training.optim import apply_hyperparameters, fit_saved_groups, trainer_lr_scales
-from facetrain.training.rundir import forget_previous_run
+from facetrain.training.rundir import forget_previous_run, same_file_as
 
 log = logging.getLogger("facetrain")
 
@@ -93,6 +93,20 @@ class Checkpoints:
     def save(self) -> Path:
         self._write(self.checkpoint_path)
         return self.checkpoint_path
+
+    def keep_best(self, same_as_last: bool) -> None:
+        """Writes best.pt; ``same_as_last``: last.pt was just written with this very state, so best.pt
+        becomes the same file (a hard link, or a copy where links fail) instead of a second write."""
+        if not same_as_last:
+            self._write(self.best_path)
+            return
+        error = None
+        if self.main:
+            try:
+                same_file_as(self.checkpoint_path, self.best_path, "run_dir", self._last_checkpoint_note())
+            except FacetrainError as exc:
+                error = exc
+        distributed.settle(error)
 
     def _load(self, path: Path) -> None:
         state = self.resume_state if self.resume_state is not None else load_checkpoint(path)

@@ -12,9 +12,10 @@ from facetrain.checkpoint import load_checkpoint, require_head, resume_fix
 from facetrain.config import Config, margin_warmup, resolve_config
 from facetrain.errors import ConfigError
 from facetrain.runtime import resolve_device
+from facetrain.training.loop import FitResult
 from facetrain.training.preflight import check_fine_tune
 from facetrain.training.rundir import check_moved
-from facetrain.training.trainer import FitResult, Trainer
+from facetrain.training.trainer import Trainer
 
 log = logging.getLogger("facetrain")
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
 from facetrain.errors import ConfigError
-from facetrain.files import remove_stale_temps
+from facetrain.files import atomic_write, remove_stale_temps
 
 log = logging.getLogger("facetrain")
 
@@ -102,3 +103,15 @@ def sweep_stale_temps(run_dir: Path) -> None:
         count, size = count + found, size + bytes_
     if count:
         log.info("run_dir: removed %d temporary file(s) (%.1f MB) left by an interrupted write", count, size / 1e6)
+
+
+def same_file_as(source: Path, target: Path, option: str, intact: str = "") -> None:
+    """Makes ``target`` the same bytes as ``source`` without writing them again: a hard link (a copy where
+    the file system has none), put in place atomically. ``source`` is only ever replaced by a rename, so
+    the next write of it leaves ``target`` as it is."""
+    with atomic_write(target, option, intact) as temp:
+        temp.unlink()
+        try:
+            os.link(source, temp)
+        except OSError:
+            shutil.copyfile(source, temp)

@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from facetrain import distributed
 from facetrain.config import Config, dump_config
 from facetrain.data import build_datasets, num_classes_problem
-from facetrain.errors import ConfigError, PeerFailed, TrainingError
+from facetrain.errors import ConfigError
 from facetrain.files import write_text
-from facetrain.models import ShardedHead, build_embedder, build_head, rival_cosines
+from facetrain.models import ShardedHead, build_embedder, build_head
 from facetrain.runtime import (
     CompiledOrEager,
-    autocast,
     resolve_device,
     resolve_precision,
     seed_everything,
@@ -34,9 +27,11 @@ from facetrain.training.angles import HeadWatch
 from facetrain.training.feed import Feed
 from facetrain.training.finetune import FineTune
 from facetrain.training.guard import GradientGuard
-from facetrain.training.messages import describe_head, first_sentence, format_epoch, log_parallel
-from facetrain.training.monitor import Evaluation, Monitor
+from facetrain.training.loop import EpochLoop
+from facetrain.training.messages import describe_head, log_parallel
+from facetrain.training.monitor import Monitor
 from facetrain.training.optim import WarmupDecay, build_optimizer, trainer_lr_scales
+from facetrain.training.phases import PhaseClock
 from facetrain.training.resume import Checkpoints
 from facetrain.training.rundir import (
     check_run_dir,
@@ -44,26 +39,12 @@ from facetrain.training.rundir import (
     continues,
     sweep_stale_temps,
 )
-from facetrain.training.tracking import Meter, TensorBoard
+from facetrain.training.tracking import TensorBoard
 
 log = logging.getLogger("facetrain")
 
 
-@dataclass
-class FitResult:
-    """What a run reports: held-out verification before and after, and the last checkpoint."""
-
-    checkpoint: Path
-    resumed: bool
-    epochs_done: int
-    steps_done: int
-    before: Evaluation | None = None
-    after: Evaluation | None = None
-    best: Path | None = None
-    history: list[dict[str, float]] = field(default_factory=list)
-
-
-class Trainer(Feed, Checkpoints, FineTune):
+class Trainer(EpochLoop, Feed, Checkpoints, FineTune):
     def __init__(
         self,
         config: Config,
@@ -166,6 +147,7 @@ class Trainer(Feed, Checkpoints, FineTune):
         self.scaler = parallel.grad_scaler(self.device, self.precision.needs_scaler)
         self.guard = GradientGuard(active=not self.precision.needs_scaler)
         self.tensorboard = TensorBoard(self.run_dir / "tensorboard", enabled=self.main)
+        self.clock = PhaseClock(self.device)
         self.watch = HeadWatch(cfg, self.head, self.data.num_classes, self.steps_per_epoch, self.tensorboard)
         self.monitor = Monitor(cfg, self.data.val, self.device, self.precision, self.tensorboard)
         self.best_value: float | None = None
@@ -189,187 +171,3 @@ class Trainer(Feed, Checkpoints, FineTune):
                 f"{self.world} ranks but only {self.data.num_classes} training identities: each rank holds a slice "
                 "of the classifier, so start at most as many processes as identities"
             )
-
-    # ------------------------------------------------------------------ fit
-    def fit(self, stop_at_epoch: int | None = None) -> FitResult:
-        """Trains to ``train.epochs`` (or stops after ``stop_at_epoch`` completed epochs)."""
-        last_epoch = self.config.train.epochs if stop_at_epoch is None else stop_at_epoch
-        result = FitResult(self.checkpoint_path, self.step > 0, self.epoch, self.step)
-        try:
-            self._fit_epochs(result, last_epoch)
-        except KeyboardInterrupt:
-            log.info("interrupted at epoch %d, step %d; %s", self.epoch, self.step, self._last_checkpoint_note())
-            raise
-        except RuntimeError as exc:
-            if not distributed.lost_peer(exc):
-                raise
-            if distributed.peer_reported():  # it said why it stopped: nothing to add
-                raise PeerFailed("a peer failed and reported why") from None
-            timeout = self.config.train.dist_timeout
-            raise TrainingError(
-                f"lost contact with another process of this run at epoch {self.epoch}, step {self.step} (it stopped, "
-                f"was killed, or did not answer within train.dist_timeout={timeout} s): {first_sentence(exc)}; "
-                f"{self._last_checkpoint_note()}"
-            ) from None
-        finally:
-            self.tensorboard.close()
-        result.epochs_done, result.steps_done = self.epoch, self.step
-        return result
-
-    def release(self) -> None:
-        """Lets go of the DistributedDataParallel wrapper, so that ``distributed.process_group`` can
-        collect it while the process group still exists; the trainer then holds the bare embedder."""
-        if hasattr(self, "model"):
-            self.model = self.embedder
-
-    def _fit_epochs(self, result: FitResult, last_epoch: int) -> None:
-        with logging_redirect_tqdm(loggers=[log]):
-            if self.monitor.active:
-                result.before = self.evaluate()
-                stage = "before training" if self.step == 0 else f"at resume (epoch {self.epoch})"
-                log.info("verification %s: %s", stage, result.before.detail)
-            while self.epoch < last_epoch:
-                stats = self.train_epoch()
-                if self.monitor.active:
-                    result.after = self.evaluate_and_keep_best()
-                    stats["verification"] = result.after.value
-                self.save()  # after the evaluation, so last.pt knows the best value (resume keeps best.pt right)
-                result.history.append(stats)
-                log.info("epoch %d/%d: %s", self.epoch, self.config.train.epochs, format_epoch(stats))
-                bad = self.images.bad_report()  # undecodable images, each read as another of its identity
-                if bad:
-                    log.warning("%s", bad)
-        if self.best_path.exists():
-            result.best = self.best_path
-
-    def evaluate_and_keep_best(self) -> Evaluation:
-        """Runs verification; writes best.pt when ``eval.best_metric`` improves."""
-        evaluation = self.evaluate()
-        value = evaluation.best_value
-        if value is not None and (self.best_value is None or value > self.best_value):
-            self.best_value = value
-            self._write(self.best_path)
-            log.info("best.pt: %s %.4f at step %d", self.config.eval.best_metric, value, self.step)
-        return evaluation
-
-    def evaluate(self) -> Evaluation:
-        """Verification of the embedder that is saved: rank 0's (every rank gets the same numbers)."""
-        distributed.broadcast_buffers(self.embedder)  # each rank's BatchNorm statistics moved with its own batch
-        return self.monitor.evaluate(self.eval_model, self.step)
-
-    def train_epoch(self) -> dict[str, float]:
-        cfg = self.config.train
-        self._train_modes()  # the embedder stays in eval mode while train.freeze_embedder_epochs hold it
-        self.sampler.set_epoch(self.epoch, start=self.samples_in_epoch)
-        # The epoch's first step on the schedules' scale (it follows the epochs across world sizes), also when
-        # resumed partway through it, so the collapse check sees the epochs an uninterrupted run sees.
-        first_step = self.scheduler.step_count - math.ceil(self.batch_in_epoch / cfg.grad_accum_steps)
-        batches = iter(self.loader)
-        epoch_meter, log_meter = Meter(), Meter()
-        bar = tqdm(
-            total=self.steps_per_epoch,
-            initial=math.ceil(self.batch_in_epoch / cfg.grad_accum_steps),
-            desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
-            disable=not (self.progress and self.main),
-            dynamic_ncols=True,
-        )
-        with bar:
-            while self.batch_in_epoch < self.micro_batches:
-                group = min(cfg.grad_accum_steps, self.micro_batches - self.batch_in_epoch)
-                grad_norm = self.train_step(batches, group, (epoch_meter, log_meter))
-                self.batch_in_epoch += group
-                bar.update(1)
-                if self.step % cfg.log_every_steps == 0:
-                    self._check_gradients()
-                    self._log_step(log_meter, grad_norm, bar)
-                if self.batch_in_epoch >= self.micro_batches:
-                    break  # the epoch end evaluates and saves (see _fit_epochs)
-                every = self.config.eval.every_steps
-                evaluate = every and self.step % every == 0 and self.monitor.active
-                save = cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0
-                if evaluate or save:
-                    self._check_gradients()
-                if evaluate:
-                    self.evaluate_and_keep_best()  # first, so the save below records the best value so far
-                if save:
-                    self.save()
-        self._check_gradients()  # before the epoch end evaluates and saves
-        self.epoch += 1
-        self.batch_in_epoch, self.offset = 0, 0
-        stats = epoch_meter.read()
-        stats["lr"] = self.scheduler.lr
-        self.watch.end_epoch(stats, self.epoch, self.step, first_step, self._kept_note)  # may stop the run
-        return stats
-
-    def train_step(self, batches: Any, group: int, meters: tuple[Meter, ...]) -> torch.Tensor:
-        """One optimizer step over ``group`` micro-batches; returns the gradient norm before clipping."""
-        cfg = self.config.train
-        self.optimizer.zero_grad(set_to_none=True)
-        measure = self.watch.start_step(self.scheduler.step_count, self.step)  # sets this step's margin
-        for index in range(group):
-            images, labels = self.model_batch(next(batches))
-            # DDP all-reduces the embedder's gradients once per optimizer step, after the last micro-batch.
-            last = index == group - 1
-            with contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync():
-                loss, correct = self.forward_loss(images, labels, self.step * cfg.grad_accum_steps + index, measure)
-                # Each micro-batch has the same size (drop_last), so dividing by the group size
-                # makes the accumulated gradient the mean over the whole group.
-                self.scaler.scale(loss / group).backward()
-            for meter in meters:
-                meter.add(loss, correct, len(labels) * self.world)
-        self.scaler.unscale_(self.optimizer)
-        grad_norm = parallel.clip_gradients(*self.param_lists, cfg.grad_clip or float("inf"))
-        self.guard.observe(grad_norm, self.step + 1, self.scheduler.lr)  # on the device: no wait for the host
-        self.scaler.step(self.optimizer)  # skipped by the scaler when fp16 gradients overflowed
-        self.scaler.update()
-        self.scheduler.step()
-        self.step += 1
-        return grad_norm
-
-    def _check_gradients(self) -> None:
-        """Stops the run if a step since the last check had a non-finite gradient (one host sync)."""
-        bad = self.guard.first_bad()
-        if bad is None:
-            return
-        step, norm, lr = bad
-        clip = "" if self.config.train.grad_clip else " or set train.grad_clip"
-        error = TrainingError(
-            f"the gradient became {norm} at step {step} (lr {lr:.3g}): lower train.lr{clip}; "
-            f"{self._last_checkpoint_note()}"
-        )
-        error.shared = True  # the norm is global: every rank stops here with this message
-        raise error
-
-    def forward_loss(
-        self, images: torch.Tensor, labels: torch.Tensor, key: int, measure: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean loss over the global batch, correct count over the global batch) for one micro-batch.
-
-        With ``measure``, the head's angles for this batch go to ``self.watch``.
-        """
-        with autocast(self.device, self.precision):
-            embeddings = self.embed(images)  # no autograd through a frozen embedder
-        if self.sharded:
-            loss, correct, angles = self.head(embeddings, labels, key, measure)
-            if angles is not None:
-                self.watch.add(*angles)
-            return loss, correct
-        logits, cosine = self.head(embeddings, labels)  # float32 margin math
-        if measure:
-            index = labels.view(-1, 1)
-            self.watch.add(cosine.gather(1, index)[:, 0], rival_cosines(cosine, index))
-        return F.cross_entropy(logits, labels), (cosine.argmax(dim=1) == labels).sum()
-
-    def _log_step(self, meter: Meter, grad_norm: torch.Tensor, bar: tqdm) -> None:
-        stats = meter.read()
-        meter.reset()
-        lr = self.scheduler.lr  # the head's; the embedder's is train.embedder_lr_scale times it
-        bar.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{lr:.2e}", img_s=f"{stats['images_per_sec']:.0f}")
-        values = {
-            "train/loss": stats["loss"],
-            "train/lr": lr,
-            "train/accuracy": stats["accuracy"],
-            "train/images_per_sec": stats["images_per_sec"],
-            "train/grad_norm": float(grad_norm),
-        }
-        self.tensorboard.scalars(values | self.watch.step_scalars(stats["accuracy"]), self.step)
