@@ -73,6 +73,18 @@ def device_for(device: torch.device) -> torch.device:
     return torch.device("cuda", local_rank())
 
 
+def require_rendezvous() -> None:
+    """Under torchrun's variables, the rendezvous address must be there too: a ``RANK`` left in a shell or
+    a scheduler's environment is not a launch."""
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+    if launched() and missing:
+        raise ConfigError(
+            f"RANK={os.environ['RANK']} and WORLD_SIZE={os.environ['WORLD_SIZE']} are set, but {' and '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not, so torchrun did not start this process: unset RANK and "
+            "WORLD_SIZE (they are left from another job), or start it with torchrun or --nproc-per-node"
+        )
+
+
 @contextlib.contextmanager
 def process_group(device: torch.device, timeout_s: float) -> Iterator[None]:
     """Starts the process group when launched (``timeout_s`` bounds every wait for a peer); ends it on exit."""
@@ -80,6 +92,7 @@ def process_group(device: torch.device, timeout_s: float) -> Iterator[None]:
     if not launched() or active():
         yield
         return
+    require_rendezvous()
     if device.type == "cuda":
         torch.cuda.set_device(device)
         backend = "cpu:gloo,cuda:nccl"

@@ -9,6 +9,7 @@ and where. The README's "Errors" section promises what this file checks.
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -436,7 +437,34 @@ CASES: dict[str, Case] = {
         lambda w: ["train", "--config", str(w.root / "cases" / "missing.yaml"), "--nproc-per-node", "2"],
         ("missing.yaml", "not found"),
     ),
+    "model_returns_nan": Case(
+        lambda w: [
+            "eval",
+            "--model",
+            str(nan_model(w)),
+            "--input-size",
+            "32",
+            "--pairs",
+            str(w.pairs),
+            "--json",
+            str(w.root / "cases" / "nan.json"),
+        ],
+        ("nan_model.pt returned NaN or infinite embeddings (first for image 1 of this evaluation)",),
+    ),
 }
+
+
+class _NaNEmbedder(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, :8] * float("nan")
+
+
+def nan_model(w: World) -> Path:
+    """Someone else's TorchScript embedder that returns NaN for every image."""
+    path = w.root / "cases" / "nan_model.pt"
+    if not path.exists():
+        torch.jit.script(_NaNEmbedder()).save(str(path))
+    return path
 
 
 def gif_photos(w: World) -> Path:
@@ -543,6 +571,25 @@ def assert_one_message(result, case: Case) -> None:
     for needle in case.needles:
         assert needle in message, message
     assert "weights_only" not in output and "corrupted" not in output and "enforce fail" not in output
+
+
+def test_a_rank_left_in_the_environment_is_one_line(world, tmp_path):
+    """RANK and WORLD_SIZE from another job, without torchrun's rendezvous address: not a launch."""
+    argv = ["train", "--config", str(world.config), "--set", f"run_dir={tmp_path / 'run'}", "--no-progress"]
+    for extra in ([], ["--nproc-per-node", "4"]):
+        result = runner.invoke(app, argv + extra, env={"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": ""})
+        assert_one_message(result, Case(lambda w: [], ("RANK=0 and WORLD_SIZE=2 are set, but MASTER_ADDR", "unset")))
+        assert "is ignored" not in result.stderr and not (tmp_path / "run").exists()
+
+
+def test_json_reports_write_what_is_not_finite_as_null():
+    from facetrain.evaluation.report import json_text
+
+    assert json.loads(json_text({"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": 0.5}})) == {
+        "a": None,
+        "b": [1.0, None],
+        "c": {"d": 0.5},
+    }
 
 
 def test_the_battery_is_forty_cases_or_more():

@@ -121,6 +121,9 @@ def usable_cores() -> int:
 def launch_if_asked(nproc_per_node: str, last: str | Path | None = None, device: str = "auto") -> None:
     """Starts the workers and exits with their code, unless this is one of them or 1 process is asked for."""
     if "RANK" in os.environ:  # a worker (or a rank under torchrun): run the command itself
+        from facetrain.distributed import require_rendezvous
+
+        require_rendezvous()  # not a RANK left over from another job
         if "FACETRAIN_LAUNCHED" not in os.environ and os.environ.get("RANK") == "0" and nproc_per_node != "1":
             logging.getLogger("facetrain").warning(
                 "--nproc-per-node %s is ignored: torchrun started these %s processes already",

@@ -73,10 +73,13 @@ def feature_batches(
     restore = model.prepare()
     try:
         with torch.no_grad():
+            seen = 0
             for pixels in batches:
                 pixels = pixels.to(model.device, non_blocking=True)
                 outputs = model(torch.cat([pixels, pixels.flip(-1)]) if flip else pixels)
                 check_output(model, outputs, len(pixels) * (2 if flip else 1))
+                check_finite(model, outputs, len(pixels), seen)
+                seen += len(pixels)
                 direct = outputs[: len(pixels)]
                 fused = (direct + outputs[len(pixels) :]).float().cpu() if flip else None
                 yield direct.float().cpu(), fused
@@ -91,6 +94,20 @@ def check_output(model: PixelEmbedder, outputs: torch.Tensor, rows: int) -> None
             f"{model.name}: expected an output of shape ({rows}, D), one embedding per image, "
             f"got {tuple(outputs.shape)}: give an embedder (the network up to its embedding layer)"
         )
+
+
+def check_finite(model: PixelEmbedder, outputs: torch.Tensor, images: int, seen: int) -> None:
+    """One line when an embedding is NaN or infinite: no score comes of it. ``images``: this batch's images
+    (the outputs may hold their mirrors after them); ``seen``: the images embedded before it."""
+    finite = torch.isfinite(outputs).all(dim=1)
+    if bool(finite.all()):
+        return
+    first = int((~finite).nonzero()[0, 0]) % images
+    raise DataError(
+        f"{model.name} returned NaN or infinite embeddings (first for image {seen + first + 1} of this "
+        "evaluation): no score can come of them; check the model's weights, and that its input options "
+        "(--input-size, --mean, --std, --channels) are the ones it was trained with"
+    )
 
 
 def embed_pairs_with(

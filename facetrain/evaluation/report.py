@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from facetrain.evaluation.evaluate import FAR_TARGETS, Metrics, PairsReport
 from facetrain.files import atomic_write, write_text
@@ -42,7 +44,22 @@ def write_json(reports: list[PairsReport], path: str | Path, checkpoint: str | P
     payload: dict = {"checkpoint": str(checkpoint), "sets": [report.to_dict() for report in reports]}
     if suite is not None:
         payload["suite"] = suite
-    return write_text(path, json.dumps(payload, indent=2, allow_nan=False) + "\n", "--json")
+    return write_text(path, json_text(payload), "--json")
+
+
+def json_text(payload: Any) -> str:
+    """Strict JSON (no NaN, which most readers refuse): a value that is not finite is written as null."""
+
+    def finite(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {key: finite(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(item) for item in value]
+        return value
+
+    return json.dumps(finite(payload), indent=2, allow_nan=False) + "\n"
 
 
 def write_plots(reports: list[PairsReport], path: str | Path) -> list[Path]:

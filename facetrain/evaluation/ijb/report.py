@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from facetrain.evaluation.ijb.run import HEADLINE_FAR, Identification, Verification
+from facetrain.evaluation.report import json_text
 from facetrain.files import atomic_write, write_text
 
 
@@ -65,7 +65,7 @@ def format_identification(report: Identification) -> str:
 
 def write_ijb_json(report: Verification | Identification, path: str | Path, source: str) -> Path:
     payload = {"model": source, "ijb": report.to_dict()}
-    return write_text(path, json.dumps(payload, indent=2, allow_nan=False) + "\n", "--json")
+    return write_text(path, json_text(payload), "--json")
 
 
 def write_ijb_plot(report: Verification, path: str | Path) -> Path:
