@@ -34,7 +34,13 @@ def read_yaml(path: Path) -> dict[str, Any]:
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{where}: invalid YAML ({problem}): fix the syntax there") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"cannot read config file '{path}': line {line}: byte 0x{exc.object[exc.start]:02x} is not UTF-8: "
+            "re-save the file as UTF-8"
+        ) from None
+    except OSError as exc:
         raise ConfigError(f"cannot read config file '{path}': {exc}") from None
     if data is None:
         return {}

@@ -175,6 +175,10 @@ CASES: dict[str, Case] = {
         lambda w: ["check", "--config", str(w.file("bin.yaml", b"\x00\xff\xfe\x81"))],
         ("cannot read config file", "bin.yaml"),
     ),
+    "config_is_latin1": Case(
+        lambda w: ["check", "--config", str(w.file("latin.yaml", "seed: 1\n# caf\xe9\n".encode("latin-1")))],
+        ("latin.yaml': line 2: byte 0xe9 is not UTF-8: re-save the file as UTF-8",),
+    ),
     "config_is_a_folder": Case(lambda w: ["check", "--config", str(w.faces)], ("is a directory",)),
     # -- paths of the wrong kind
     "checkpoint_is_a_folder": Case(

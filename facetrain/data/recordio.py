@@ -190,7 +190,8 @@ def _parse_lines(idx: Path, text: bytes) -> np.ndarray:
         if not fields:
             continue
         if len(fields) != 2 or not all(field.isdigit() for field in fields):
-            shown = line[:60].decode("utf-8", "replace")
+            text = line[:40].decode("utf-8", "backslashreplace")  # a binary file's bytes, escaped
+            shown = "".join(char if char.isprintable() or char == "\t" else ascii(char)[1:-1] for char in text)
             raise DataError(f"'{idx}' line {number}: expected 'key<TAB>byte offset', got '{shown}': {MISMATCHED}")
         numbers += (int(fields[0]), int(fields[1]))
     return np.array(numbers, dtype=np.int64)

@@ -206,6 +206,16 @@ def test_bad_protocol_files_are_one_line(layout, features, tmp_path):
     one_line(cli("--ijb", root, "--features", features, "--protocol", "1n", "--plot", tmp_path / "p.png"),
              "--plot draws the 1:1 ROC")  # fmt: skip
     one_line(cli("--ijb", root), "give the model to score")
+    ids = meta / "ijbc_face_tid_mid.txt"
+    ids_text = ids.read_text()
+    ids.write_bytes(ids_text.encode().replace(b"\n", b"\n\xe9", 1))
+    one_line(cli("--ijb", root, "--features", features), "face_tid_mid.txt, line 2: byte 0xe9 is not UTF-8 text")
+    ids.write_text(ids_text)
+    points.write_bytes(b"\xef\xbb\xbf" + points.read_bytes())  # a byte-order mark an editor added: read past
+    assert cli("--ijb", root, "--features", features).exit_code == 0
+    pairs.unlink()
+    pairs.mkdir()
+    one_line(cli("--ijb", root, "--features", features), "template_pair_label.txt' is a folder, not a file")
     one_line(cli("--ijb", tmp_path / "nowhere", "--features", features), "--ijb")
 
 
@@ -218,7 +228,7 @@ def test_bad_features_files_are_one_line(layout, tmp_path):
     one_line(cli("--ijb", layout.root, "--features", objects), "holds Python objects")
     text = tmp_path / "text.npy"
     text.write_text("not numpy\n")
-    one_line(cli("--ijb", layout.root, "--features", text), "--features")
+    one_line(cli("--ijb", layout.root, "--features", text), "text.npy' is not a .npy file (numpy.save writes one)")
     archive = tmp_path / "archive.npz"
     np.savez(archive, features=np.zeros((len(layout.rows), 8), np.float32))
     one_line(cli("--ijb", layout.root, "--features", archive), "is an .npz archive, not one array")

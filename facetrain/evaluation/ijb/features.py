@@ -66,6 +66,10 @@ def embed_images(
 def read_features(path: str | Path, count: int) -> torch.Tensor:
     """An (N, D) float32 array from ``--features``; never unpickles (``allow_pickle=False``)."""
     file = require_file(path, DataError, "--features", FEATURES_FIX)
+    with open(file, "rb") as stream:
+        magic = stream.read(6)
+    if magic and not magic.startswith((b"\x93NUMPY", b"PK")):  # an .npz (a zip) is named below
+        raise DataError(f"--features: '{file}' is not a .npy file (numpy.save writes one): {FEATURES_FIX}")
     try:
         array = np.load(file, allow_pickle=False)
     except EOFError:

@@ -68,7 +68,9 @@ def meta_file(root: str | Path, target: str, suffix: str) -> Path:
     """``ROOT/meta/<target>_<suffix>``, in the release's lower case or in upper case."""
     found = _find(root, target, suffix)
     if found is None:
-        raise DataError(f"--ijb: '{Path(root) / 'meta' / f'{target.lower()}_{suffix}'}' is missing: {ROOT_FIX}")
+        expected = Path(root) / "meta" / f"{target.lower()}_{suffix}"
+        what = "is a folder, not a file" if expected.is_dir() else "is missing"
+        raise DataError(f"--ijb: '{expected}' {what}: {ROOT_FIX}")
     return found
 
 
@@ -100,12 +102,14 @@ def _numbers(
     path: Path, columns: int, dtype: type, kind: str, skip: int = 0, delimiter: str | None = None
 ) -> np.ndarray:
     """A (rows, columns) array of a whitespace- (or ``delimiter``-) separated file; one line on a bad row."""
+    require_utf8(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # an empty file warns; it is refused below
             table = np.loadtxt(
-                path, dtype=dtype, delimiter=delimiter, skiprows=skip, usecols=range(columns), ndmin=2, comments=None
-            )
+                path, dtype=dtype, delimiter=delimiter, skiprows=skip, usecols=range(columns), ndmin=2, comments=None,
+                encoding="utf-8-sig",
+            )  # fmt: skip
     except ValueError as exc:
         detail = str(exc).splitlines()[0]
         found = re.search(r"could not convert string '(.*)' to \w+ at row (\d+), column (\d+)", detail)
@@ -147,11 +151,25 @@ def read_images(root: str | Path, target: str) -> Images:
     return Images(names, values[:, :10].reshape(-1, 5, 2), values[:, 10].copy(), templates, medias)
 
 
+def require_utf8(path: Path) -> None:
+    """One line naming the line and byte of a meta file that is not UTF-8 text (the release's are ASCII)."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(
+            f"{path}, line {line}: byte 0x{data[exc.start]:02x} is not UTF-8 text: re-save the file as UTF-8 (the "
+            "release's files are plain ASCII)"
+        ) from None
+
+
 def _landmark_rows(path: Path) -> tuple[list[str], np.ndarray]:
     """(image names, (N, 11) float32: ten landmark coordinates and the score)."""
     names: list[str] = []
     rows: list[list[str]] = []
-    with open(path, encoding="utf-8", errors="replace") as file:
+    require_utf8(path)
+    with open(path, encoding="utf-8-sig") as file:  # a byte-order mark that an editor added is not a name
         for number, line in enumerate(file, 1):
             fields = line.split()
             if not fields:
