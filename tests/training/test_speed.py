@@ -87,13 +87,14 @@ def test_a_step_that_is_not_logged_reads_nothing_back_from_the_device(faces, tmp
     monkeypatch.undo()
 
 
-def test_channels_last_is_on_for_cuda_only_by_default():
-    assert use_channels_last("auto", torch.device("cuda")) and not use_channels_last("auto", torch.device("cpu"))
+def test_channels_last_is_on_for_cuda_and_cpu_by_default():
+    assert use_channels_last("auto", torch.device("cuda")) and use_channels_last("auto", torch.device("cpu"))
+    assert not use_channels_last("auto", torch.device("meta"))
     assert use_channels_last(True, torch.device("cpu")) and not use_channels_last(False, torch.device("cuda"))
 
 
 def test_channels_last_on_cpu_trains_the_same_model_and_saves_plain_weights(faces, tmp_path):
-    plain = make_trainer(tiny_config(faces, tmp_path / "a", train={"epochs": 1}))
+    plain = make_trainer(tiny_config(faces, tmp_path / "a", train={"epochs": 1, "channels_last": False}))
     nhwc = make_trainer(tiny_config(faces, tmp_path / "b", train={"epochs": 1, "channels_last": True}))
     conv = next(v for v in nhwc.embedder.state_dict().values() if v.ndim == 4)
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
@@ -105,14 +106,14 @@ def test_channels_last_on_cpu_trains_the_same_model_and_saves_plain_weights(face
     assert worst < 1e-3, worst
 
 
-def test_auto_settings_leave_a_cpu_run_exactly_as_it_was(faces, tmp_path):
+def test_auto_settings_on_cpu_are_channels_last_and_an_unfused_optimizer(faces, tmp_path):
     auto = make_trainer(tiny_config(faces, tmp_path / "a", train={"epochs": 1}))
-    off = make_trainer(tiny_config(faces, tmp_path / "b", train={"epochs": 1, "channels_last": False}))
-    assert auto.memory_format is torch.preserve_format
+    on = make_trainer(tiny_config(faces, tmp_path / "b", train={"epochs": 1, "channels_last": True}))
+    assert auto.memory_format is torch.channels_last
     assert not any(group.get("fused") for group in auto.optimizer.param_groups)
     auto.fit()
-    off.fit()
-    a, b = weights(auto), weights(off)
+    on.fit()
+    a, b = weights(auto), weights(on)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -339,3 +339,45 @@ def test_resume_with_weights_that_do_not_fit_names_the_first_one(faces, tmp_path
     save_checkpoint({**state, "embedder": embedder}, path)
     with pytest.raises(CheckpointError, match=rf"does not fit this model \({expected}\): start a new run"):
         Trainer(cfg, progress=False, resume=path).setup()
+
+
+def test_each_epoch_line_shows_its_phases_and_tensorboard_gets_them(faces, tmp_path, caplog, monkeypatch):
+    from facetrain.training.phases import PHASES, PhaseClock, format_phases
+
+    cfg = tiny_config(faces, tmp_path / "run", data={"val_identities": 2, "cache": "none"}, train={"epochs": 2})
+    trainer = make_trainer(cfg)
+    logged: dict[str, list[float]] = {}
+    scalars = trainer.tensorboard.scalars
+    monkeypatch.setattr(
+        trainer.tensorboard, "scalars",
+        lambda values, step: [logged.setdefault(k, []).append(v) for k, v in values.items()] and scalars(values, step),
+    )  # fmt: skip
+    with caplog.at_level("INFO", logger="facetrain"):
+        result = trainer.fit()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(lines) == 2 and all(" s (train " in line and "verify " in line and "save " in line for line in lines)
+    assert len(result.phases) == 2
+    for seconds in result.phases:
+        assert seconds["total"] == pytest.approx(sum(seconds[name] for name in PHASES), rel=1e-6)
+        assert seconds["verify"] > 0 and seconds["save"] > 0 and seconds["data wait"] > 0  # decoded as read
+    assert len(logged["time/verify_s"]) == 2 and len(logged["time/data_wait_s"]) == 2
+    seconds = {"total": 121.0, "train": 114.2, "data wait": 0.41, "verify": 6.1, "save": 0.9, "log": 0.01}
+    expected = "121 s (train 114 s, data wait 0.41 s, verify 6.1 s, save 0.90 s)"  # a phase of no time left out
+    assert format_phases(seconds) == expected
+    assert set(PhaseClock(torch.device("cpu")).read()) == {"total", *PHASES}
+
+
+def test_best_pt_is_the_same_file_as_last_pt_when_they_hold_one_state(faces, tmp_path):
+    cfg = tiny_config(faces, tmp_path / "run", data={"val_identities": 2}, train={"epochs": 1})
+    make_trainer(cfg).fit()
+    last, best = tmp_path / "run" / "last.pt", tmp_path / "run" / "best.pt"
+    assert best.stat().st_ino == last.stat().st_ino  # written once, linked
+    before = best.read_bytes()
+    more = make_trainer(tiny_config(faces, tmp_path / "run", data={"val_identities": 2}, train={"epochs": 2}),
+                        resume=last)  # fmt: skip
+    more.fit()
+    assert load_checkpoint(last)["epoch"] == 2
+    if load_checkpoint(best)["epoch"] == 2:  # improved: linked to the new last.pt
+        assert best.stat().st_ino == last.stat().st_ino
+    else:  # last.pt's next write replaced its own name only: the earlier best.pt is as it was
+        assert best.stat().st_ino != last.stat().st_ino and best.read_bytes() == before
