@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
-import typer
 from conftest import REPO, write_tiny_yaml
 from typer.testing import CliRunner
 
 from facetrain.checkpoint import load_checkpoint
 from facetrain.cli import app
+from facetrain.errors import ConfigError
 
 runner = CliRunner()
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -200,7 +200,7 @@ def test_a_setting_that_cannot_work_on_several_ranks_is_one_line(tmp_path):
 def test_nproc_per_node_above_the_cores_on_cpu_is_refused_before_any_worker_starts(tmp_path):
     from facetrain.cli.launch import check_cores, usable_cores
 
-    with pytest.raises(typer.BadParameter, match="--nproc-per-node 6 is more processes than the 2 CPU cores .*"
+    with pytest.raises(ConfigError, match="--nproc-per-node 6 is more processes than the 2 CPU cores .*"
                        "use --nproc-per-node 2 or fewer"):  # fmt: skip
         check_cores(6, "cpu", cores=2)
     check_cores(2, "cpu", cores=2)
@@ -243,6 +243,8 @@ def test_nproc_per_node_under_torchrun_is_ignored_with_one_warning(monkeypatch, 
     from facetrain.cli.launch import launch_if_asked
 
     monkeypatch.delenv("FACETRAIN_LAUNCHED", raising=False)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # what torchrun sets beside RANK
+    monkeypatch.setenv("MASTER_PORT", "29500")
     for rank in ("0", "1"):
         monkeypatch.setenv("RANK", rank)
         monkeypatch.setenv("WORLD_SIZE", "2")

@@ -434,8 +434,7 @@ CASES: dict[str, Case] = {
             *["train", "--config", str(w.config), "--nproc-per-node", "1024", "--device", "cpu"],
             *["--set", f"run_dir={w.root / 'cases' / 'nproc_run'}"],
         ],
-        ("--nproc-per-node 1024 is more processes than the",),
-        "usage",
+        ("--nproc-per-node 1024 is more processes than the", "use --nproc-per-node"),
     ),
     "nproc_with_a_missing_config": Case(
         lambda w: ["train", "--config", str(w.root / "cases" / "missing.yaml"), "--nproc-per-node", "2"],

@@ -46,7 +46,7 @@ def export_command(
     from facetrain.deploy import check_export, threshold_from_eval_json
 
     if threshold is not None and threshold_from is not None:
-        raise typer.BadParameter("give --threshold or --threshold-from, not both")
+        raise ConfigError("give --threshold or --threshold-from, not both")
     if out_format == "insightface":
         given = [name for name, value in (("--threshold-from", threshold_from), ("--parity-images", parity_images))
                  if value is not None]  # fmt: skip

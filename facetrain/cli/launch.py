@@ -17,6 +17,8 @@ from pathlib import Path
 
 import typer
 
+from facetrain.errors import ConfigError
+
 
 def process_count(value: str) -> int:
     """``auto``: one process per visible GPU, else 1; or a whole number >= 1."""
@@ -29,7 +31,7 @@ def process_count(value: str) -> int:
     except ValueError:
         count = 0
     if count < 1 or count > 1024:
-        raise typer.BadParameter(f"--nproc-per-node: expected a number of processes (1-1024) or auto, got {value!r}")
+        raise ConfigError(f"--nproc-per-node: expected a number of processes (1-1024) or auto, got {value!r}")
     return count
 
 
@@ -104,7 +106,7 @@ def check_cores(count: int, device: str, cores: int | None = None) -> None:
     on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     cores = cores if cores is not None else usable_cores()
     if on_cpu and count > cores:
-        raise typer.BadParameter(
+        raise ConfigError(
             f"--nproc-per-node {count} is more processes than the {cores} CPU core{'s' if cores != 1 else ''} this "
             f"run may use, and CPU ranks would only wait for each other: use --nproc-per-node {cores} or fewer "
             f"(torchrun --standalone --nproc-per-node {count} starts them anyway, to test a larger world)"
@@ -135,5 +137,5 @@ def launch_if_asked(nproc_per_node: str, last: str | Path | None = None, device:
         return
     check_cores(count, device)
     if sys.argv[1:2] != ["train"]:  # the workers re-run this command line: it must be this one
-        raise typer.BadParameter("--nproc-per-node works from the command line: use torchrun in a script")
+        raise ConfigError("--nproc-per-node works from the command line: use torchrun in a script")
     raise typer.Exit(launch(count, without_option(sys.argv[1:], "--nproc-per-node"), last))

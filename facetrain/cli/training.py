@@ -12,6 +12,7 @@ import typer
 from facetrain.cli.boundary import error_boundary
 from facetrain.cli.diagnostics import write_outlier_report
 from facetrain.cli.options import ConfigOption, SetOption
+from facetrain.errors import ConfigError
 
 if TYPE_CHECKING:
     from facetrain.config import Config
@@ -113,11 +114,11 @@ def _checked_inputs(
     from facetrain.config import check_device, check_overrides, load_config
 
     if config is None and resume is None:
-        raise typer.BadParameter("give --config FILE, or --resume CHECKPOINT to continue a run")
+        raise ConfigError("give --config FILE, or --resume CHECKPOINT to continue a run")
     if outlier_angle is not None and not 0.0 <= outlier_angle <= 180.0:  # NaN passes typer's range check
-        raise typer.BadParameter(f"--outlier-angle: must be degrees in [0, 180], got {outlier_angle}")
+        raise ConfigError(f"--outlier-angle: must be degrees in [0, 180], got {outlier_angle}")
     if outlier_angle is not None and not report_outliers:
-        raise typer.BadParameter("--outlier-angle applies to --report-outliers: add --report-outliers, or drop it")
+        raise ConfigError("--outlier-angle applies to --report-outliers: add --report-outliers, or drop it")
     if device:
         check_device(device, "--device")  # named as the user typed it, not as train.device
     overrides = set_ + ([f"train.device={device}"] if device else [])

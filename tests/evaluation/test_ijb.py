@@ -314,3 +314,15 @@ def test_a_large_photo_decoded_small_crops_as_the_full_decode(tmp_path):
         expected = warp(full, umeyama(points, template(112, 112)), 112, 112)
         difference = (crop_with_landmarks(path, points).float() - expected.float()).abs().mean()
         assert difference < 0.8, (width, float(difference))  # a 1-px shift of the landmarks gives several
+
+
+def test_a_gallery_csv_without_its_header_loses_no_row(tmp_path):
+    from facetrain.evaluation.ijb.meta import read_enrolment
+
+    rows = "1,10,a.jpg\n2,20,b.jpg\n"
+    with_header, without = tmp_path / "with.csv", tmp_path / "without.csv"
+    with_header.write_text("TEMPLATE_ID,SUBJECT_ID,FILENAME\n" + rows)
+    without.write_text(rows)
+    for path in (with_header, without):
+        enrolment = read_enrolment(path)
+        assert enrolment.templates.tolist() == [1, 2] and enrolment.subjects.tolist() == [10, 20], path

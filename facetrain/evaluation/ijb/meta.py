@@ -213,15 +213,20 @@ def read_pairs(root: str | Path, target: str) -> Pairs:
 
 
 def read_enrolment(path: Path) -> Enrolment:
-    """A 1:N csv: the first two columns are template and subject ids, one row per image."""
-    table = _numbers(path, 2, np.int64, "comma-separated whole numbers: template,subject,...", 1, ",")
+    """A 1:N csv: the first two columns are template and subject ids, one row per image, under the release's
+    header line (a file without one loses no row)."""
+    require_utf8(path)
+    with open(path, encoding="utf-8-sig") as file:
+        first_line = file.readline()
+    skip = 0 if _all_numbers(first_line.split(",")[:2]) else 1
+    table = _numbers(path, 2, np.int64, "comma-separated whole numbers: template,subject,...", skip, ",")
     templates, first = np.unique(table[:, 0], return_index=True)
     subjects = table[first, 1]
     per_template = table[:, 1] != subjects[np.searchsorted(templates, table[:, 0])]
     if per_template.any():
         row = int(np.flatnonzero(per_template)[0])
         raise DataError(
-            f"{path}, line {row + 2}: template {table[row, 0]} is given subject {table[row, 1]} here but "
+            f"{path}, line {row + 1 + skip}: template {table[row, 0]} is given subject {table[row, 1]} here but "
             f"{subjects[np.searchsorted(templates, table[row, 0])]} above: a template shows one subject"
         )
     return Enrolment(templates, subjects, str(path))
