@@ -18,6 +18,7 @@ import os
 import re
 import stat
 import tempfile
+import threading
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from typing import BinaryIO
 from facetrain.errors import FacetrainError, OutputError
 
 _TEMP_SUFFIX = ".tmp"
+_UMASK_LOCK = threading.Lock()
 _TEMP_RANDOM = r"[a-z0-9_]{8}"  # what tempfile.mkstemp puts between the prefix and the suffix
 
 
@@ -277,9 +279,11 @@ def _read_only(folder: Path) -> bool:
 
 
 def _usual_file_mode() -> int:
-    """0666 less the umask: what ``open()`` would give."""
-    mask = os.umask(0)  # reading the umask means setting it; put it straight back
-    os.umask(mask)
+    """0666 less the umask: what ``open()`` would give. Under a lock: reading the umask means setting it, and
+    ``align`` writes crops from several threads."""
+    with _UMASK_LOCK:
+        mask = os.umask(0)
+        os.umask(mask)
     return 0o666 & ~mask
 
 
@@ -315,6 +319,7 @@ def created_folders(folder: str | Path) -> Iterator[None]:
 
 def usual_folder_mode() -> int:
     """0777 less the umask: what ``mkdir`` would give (``tempfile.mkdtemp`` creates 0700)."""
-    mask = os.umask(0)  # reading the umask means setting it; put it straight back
-    os.umask(mask)
+    with _UMASK_LOCK:  # reading the umask means setting it; put it straight back
+        mask = os.umask(0)
+        os.umask(mask)
     return 0o777 & ~mask

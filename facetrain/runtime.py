@@ -99,7 +99,7 @@ def _to_tuples(value: Any) -> Any:
 
 def use_channels_last(setting: bool | str, device: torch.device) -> bool:
     """``train.channels_last``: ``auto`` is on for CUDA (tensor-core convolutions want NHWC) and on CPU, where
-    oneDNN's NHWC convolutions made a resnet18 epoch at 112 px 1.2x faster (scripts/bench_epoch.py)."""
+    oneDNN's NHWC convolutions made a resnet18 epoch at 112 px about 1.15x faster (scripts/bench_epoch.py)."""
     return device.type in ("cuda", "cpu") if setting == "auto" else bool(setting)
 
 

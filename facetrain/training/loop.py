@@ -109,7 +109,8 @@ class EpochLoop:
 
     def evaluate_and_keep_best(self, then_save: bool = False) -> Evaluation:
         """Runs verification; keeps best.pt when ``eval.best_metric`` improves. ``then_save``: write last.pt
-        too, after the verification; best.pt is then the same file, linked rather than written twice."""
+        too, after the verification; when best.pt is written too, last.pt is the same file, linked rather than
+        written twice."""
         with self.clock.phase("verify"):
             evaluation = self.evaluate()
         value = evaluation.best_value
@@ -117,11 +118,11 @@ class EpochLoop:
         if improved:
             self.best_value = value
         with self.clock.phase("save"):
-            if then_save:
-                self.save()
-            if improved:
-                self.keep_best(same_as_last=then_save)
+            if improved:  # best.pt first, as before: a kill between the two leaves last.pt's older best value
+                self.keep_best(also_last=then_save)
                 log.info("best.pt: %s %.4f at step %d", self.config.eval.best_metric, value, self.step)
+            elif then_save:
+                self.save()
         return evaluation
 
     def evaluate(self) -> Evaluation:

@@ -94,16 +94,17 @@ class Checkpoints:
         self._write(self.checkpoint_path)
         return self.checkpoint_path
 
-    def keep_best(self, same_as_last: bool) -> None:
-        """Writes best.pt; ``same_as_last``: last.pt was just written with this very state, so best.pt
-        becomes the same file (a hard link, or a copy where links fail) instead of a second write."""
-        if not same_as_last:
-            self._write(self.best_path)
+    def keep_best(self, also_last: bool) -> None:
+        """Writes best.pt; ``also_last``: last.pt holds this very state too, so it becomes the same file (a hard
+        link, or a copy where links fail) instead of a second write."""
+        self._write(self.best_path)
+        if not also_last:
             return
         error = None
         if self.main:
             try:
-                same_file_as(self.checkpoint_path, self.best_path, "run_dir", self._last_checkpoint_note())
+                same_file_as(self.best_path, self.checkpoint_path, "run_dir", self._last_checkpoint_note())
+                forget_previous_run(self.run_dir)  # what --overwrite set aside: this run has its own last.pt now
             except FacetrainError as exc:
                 error = exc
         distributed.settle(error)
