@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo test lint format clean docs docs-serve
 
 install: $(STAMP)
 
@@ -36,6 +36,19 @@ test: install
 	if [ "$${rc2:-0}" -ne 0 ] && [ "$${rc2:-0}" -ne 5 ]; then rc=$$rc2; fi; \
 	exit $$rc
 
+# The documentation site (MkDocs, Material theme) from README.md and docs/, into site/. --strict: a
+# broken link or anchor, or a page left out of the navigation, fails the build (CI runs it).
+DOCS_STAMP := $(VENV)/.docs-installed
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
 lint: install
 	$(BIN)/ruff check facetrain tests scripts
 	$(BIN)/ruff format --check facetrain tests scripts
@@ -46,4 +59,4 @@ format: install
 	$(BIN)/ruff check --fix facetrain tests scripts
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) runs site .pytest_cache .ruff_cache *.egg-info

@@ -201,7 +201,7 @@ def _suggest(prefix: str, key: str, siblings: list[str], root: type) -> str:
 
 
 def describe_keys(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
-    """(dotted key, type, default, help) for every leaf key, for the README reference."""
+    """(dotted key, type, default, help) for every leaf key, for the config reference (docs/config.md)."""
     rows = []
     hints = typing.get_type_hints(cls)
     defaults = cls()

@@ -1,6 +1,6 @@
 """How far facetrain's alignment lands from alignments it did not make, in pixels of the 112x112 crop.
 
-Three references, each optional (none ships with facetrain; see the README for where they are):
+Three references, each optional (none ships with facetrain; see docs/alignment.md for where they are):
 
 ``--bin FILE``: an insightface ``.bin`` (pickled JPEG crops on the ArcFace template, read with
 facetrain's restricted unpickler). With no originals, the comparison is crop to crop: MTCNN runs

@@ -14,7 +14,7 @@ the head was built (ru_maxrss), the largest over the ranks. Step time is the med
 steps, on the main rank, after the warm-up steps.
 
 Usage:
-  python scripts/bench_partial_fc.py                      # the README's table (C = 10k, 100k, 1M; 1-3 ranks)
+  python scripts/bench_partial_fc.py                      # docs/performance.md's table (C = 10k, 100k, 1M; 1-3 ranks)
   python scripts/bench_partial_fc.py --classes 10000 --ranks 2 --steps 3
 """
 

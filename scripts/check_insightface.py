@@ -1,6 +1,6 @@
 """Checks facetrain's insightface import and export against insightface's own arcface_torch code.
 
-The README's exactness figures come from here. insightface's code is not part of facetrain: give the
+The exactness figures of docs/backbones.md come from here. insightface's code is not part of facetrain: give the
 folder of a checkout of its ``recognition/arcface_torch`` (the one that holds ``backbones/``). For each
 network, insightface's ``get_model(name, num_features=D)`` is given random weights and random
 BatchNorm statistics and saved as a ``backbone.pth``; then the real ``facetrain import`` reads it and

@@ -1,4 +1,4 @@
-"""Fine-tuning against training from scratch: the README's "Start from a trained model" table.
+"""Fine-tuning against training from scratch: the "Start from a trained model" table of docs/backbones.md.
 
 Protocol:
   - Source model: resnet18, 128-d, 112 px, ArcFace (s=32, the other options and the margin warm-up at
@@ -19,7 +19,7 @@ Protocol:
 Each run writes ``<out>/<name>/result.json``, and a run whose result.json holds the same settings is
 skipped, so an interrupted comparison continues where it stopped (``--force`` redoes it).
 
-Usage (from the repository root), the README table:
+Usage (from the repository root), the table in docs/backbones.md:
   .venv/bin/python scripts/compare_finetune.py
 A quick check:
   .venv/bin/python scripts/compare_finetune.py --base-epochs 1 --epochs 1 --seeds 0 --image-size 32

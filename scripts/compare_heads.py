@@ -1,4 +1,4 @@
-"""Compares the margin heads on a real face set: the README's head comparison table.
+"""Compares the margin heads on a real face set: the head comparison table of docs/training.md.
 
 Protocol:
   - Data: ``--data`` (default ../shared/data/yaleb: Extended Yale B, 38 people x ~64 grey 168x192 images).
@@ -22,7 +22,7 @@ Protocol:
 Each run writes ``<out>/<head>-seed<N>/result.json``; a run whose result.json holds the same settings is
 skipped, so an interrupted comparison continues where it stopped (``--force`` redoes it).
 
-Usage (from the repository root), the README table:
+Usage (from the repository root), the table in docs/training.md:
   .venv/bin/python scripts/compare_heads.py --epochs 10 --seeds 0 1
 A quick check:
   .venv/bin/python scripts/compare_heads.py --epochs 1 --heads arcface softmax --seeds 0 --image-size 32

@@ -1,4 +1,7 @@
-"""Writes the config-key reference table into README.md (between the marker comments).
+"""Writes the config-key reference table into docs/config.md (between the marker comments).
+
+The site build writes the same table again (scripts/docs_hooks.py), so the site never drifts; this
+script keeps the Markdown file, as read on its own, in step (`make lint` runs it with --check).
 
 Usage: python scripts/config_reference.py [--check]
 """
@@ -10,16 +13,26 @@ from pathlib import Path
 
 from facetrain.config import describe_keys
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "config.md"
 START, END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
 
 
+SECTIONS = {"": "Top level", "data": "data", "model": "model", "head": "head", "train": "train", "eval": "eval"}
+
+
 def table() -> str:
-    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    """One table per section of the config, each under its own heading (the site's table of contents)."""
+    groups: dict[str, list[str]] = {}
     for key, kind, default, help_text in describe_keys():
+        section = key.split(".")[0] if "." in key else ""
         shown = f"`{default}`" if default else '`""` (required)'
-        lines.append(f"| `{key}` | {kind} | {shown} | {help_text} |")
-    return "\n".join(lines)
+        groups.setdefault(section, []).append(f"| `{key}` | {kind} | {shown} | {help_text} |")
+    parts = []
+    for section, rows in groups.items():
+        title = SECTIONS.get(section, section)
+        heading = f"## {title}" if not section else f"## `{title}`"
+        parts.append("\n".join([heading, "", "| key | type | default | meaning |", "|---|---|---|---|", *rows]))
+    return "\n\n".join(parts)
 
 
 def render(text: str) -> str:
@@ -29,17 +42,17 @@ def render(text: str) -> str:
 
 
 def main() -> int:
-    text = README.read_text()
+    text = PAGE.read_text(encoding="utf-8")
     if START not in text or END not in text:
-        print(f"README.md lacks the markers {START} ... {END}", file=sys.stderr)
+        print(f"docs/config.md lacks the markers {START} ... {END}", file=sys.stderr)
         return 2
     wanted = render(text)
     if "--check" in sys.argv:
         if wanted != text:
-            print("README.md config reference is out of date: run python scripts/config_reference.py")
+            print("docs/config.md config reference is out of date: run python scripts/config_reference.py")
             return 1
         return 0
-    README.write_text(wanted)
+    PAGE.write_text(wanted, encoding="utf-8")
     return 0
 
 

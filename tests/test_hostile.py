@@ -3,7 +3,7 @@
 Every case asserts: the exit code (2 for bad input, 130 for Ctrl-C, 143 for SIGTERM, 0 where the
 input is usable and a warning is the right answer), no traceback, exactly one ``error:`` line (or
 the ``problem:`` lines of ``check``, or click's usage error), and the words that name what is wrong
-and where. The README's "Errors" section promises what this file checks.
+and where. docs/diagnostics.md's "Errors and exit codes" promises what this file checks.
 """
 
 from __future__ import annotations
@@ -416,7 +416,7 @@ CASES: dict[str, Case] = {
     ),
     "align_an_animated_gif": Case(
         lambda w: ["align", "--input", str(gif_photos(w)), "--out", str(w.root / "cases" / "gif_out")],
-        ("1 files of a type facetrain does not read (a .gif, a .heic, ...), skipped: see", "align_report.tsv"),
+        ("1 file of a type facetrain does not read (a .gif, a .heic, ...), skipped: see", "align_report.tsv"),
         "warning",
         3,
     ),

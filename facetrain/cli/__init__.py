@@ -22,22 +22,45 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    epilog="Documentation: README.md, then docs/ (one page per subject; `make docs` builds them as a site).",
 )
+
+# The page of the documentation (docs/, or the site `make docs` builds) that each command's --help
+# ends with; tests/test_cli_help.py checks that every command has one and that the page exists.
+PAGES = {
+    "train": "training.md",
+    "outliers": "diagnostics.md",
+    "eval": "evaluation.md",
+    "pairs": "evaluation.md",
+    "export": "deployment.md",
+    "import": "backbones.md",
+    "verify": "deployment.md",
+    "embed": "deployment.md",
+    "check": "diagnostics.md",
+    "pack": "data.md",
+    "unpack": "data.md",
+    "align": "alignment.md",
+}
+
+
+def _register(name: str, command) -> None:
+    app.command(name, epilog=f"Documentation: docs/{PAGES[name]}")(command)
+
 
 # Every command is wrapped by error_boundary where it is defined. Registered in the order that
 # `facetrain --help` lists them.
-app.command("train")(training.train)
-app.command("outliers")(diagnostics.outliers_command)
-app.command("eval")(evaluation.eval_command)
-app.command("pairs")(evaluation.pairs_command)
-app.command("export")(deploy.export_command)
-app.command("import")(deploy.import_command)
-app.command("verify")(deploy.verify_command)
-app.command("embed")(deploy.embed_command)
-app.command("check")(diagnostics.check_command)
-app.command("pack")(data.pack_command)
-app.command("unpack")(data.unpack_command)
-app.command("align")(data.align_command)
+_register("train", training.train)
+_register("outliers", diagnostics.outliers_command)
+_register("eval", evaluation.eval_command)
+_register("pairs", evaluation.pairs_command)
+_register("export", deploy.export_command)
+_register("import", deploy.import_command)
+_register("verify", deploy.verify_command)
+_register("embed", deploy.embed_command)
+_register("check", diagnostics.check_command)
+_register("pack", data.pack_command)
+_register("unpack", data.unpack_command)
+_register("align", data.align_command)
 
 
 def _print_version(value: bool) -> None:
@@ -56,7 +79,7 @@ def _options(
     """Options before the command: --version."""
 
 
-@app.command()
+@app.command(epilog="Documentation: README.md")
 def version() -> None:
     """Print the facetrain version.
 

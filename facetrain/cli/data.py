@@ -157,9 +157,9 @@ def align_command(
         (counts["no_face"], "without a face, skipped"),
         (counts["unreadable"], "unreadable, skipped"),
         (counts["unwritable"], "whose crop could not be written, skipped"),
-        (result.unsupported, "files of a type facetrain does not read (a .gif, a .heic, ...), skipped"),
+        (result.unsupported, "file{s} of a type facetrain does not read (a .gif, a .heic, ...), skipped"),
     ]
-    said = [f"{count} {what}" for count, what in notes if count]
+    said = [f"{count} {what.format(s='' if count == 1 else 's')}" for count, what in notes if count]
     if said:
         typer.echo(f"{'; '.join(said)}: see {result.report}", err=True)
     if result.skipped:

@@ -22,7 +22,7 @@ HEAD_OPTIONS: dict[str, dict[str, Any]] = {
     "softmax": {},
 }
 # Epochs over which a head's margin ramps up from 0 when head.margin_warmup_epochs is null, chosen by
-# measurement on Extended Yale B (README: Training from scratch): ArcFace collapses without one; the
+# measurement on Extended Yale B (docs/training.md: Training from scratch): ArcFace collapses without one; the
 # other margin heads train without one and did no better with a 2-epoch one.
 MARGIN_WARMUP_EPOCHS = {"arcface": 4.0}
 

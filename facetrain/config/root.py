@@ -160,7 +160,7 @@ def all_keys() -> list[str]:
 
 
 def describe_keys() -> list[tuple[str, str, str, str]]:
-    """(dotted key, type, default, help) for every leaf key, for the README reference."""
+    """(dotted key, type, default, help) for every leaf key, for the config reference (docs/config.md)."""
     return schema.describe_keys(Config)
 
 

@@ -48,14 +48,21 @@ def is_record_file(root: str | Path) -> bool:
     return path.suffix.lower() == ".rec" or describe(path) == RECORDIO
 
 
+# Files that sit beside photos but are no photo of any kind: passed over without a word.
+NOT_PHOTOS = frozenset(
+    {".txt", ".md", ".rst", ".json", ".csv", ".tsv", ".yaml", ".yml", ".xml", ".html", ".htm", ".pdf", ".log"}
+    | {".ini", ".db", ".lst", ".py", ".sh"}
+)
+
+
 def unsupported_files(root: Path) -> list[Path]:
-    """Files under ``root`` that ``find_images`` passes over for their type (a .gif, a .heic, notes), sorted;
-    hidden ones aside."""
+    """Files under ``root`` that ``find_images`` passes over for their type (a .gif, a .heic), sorted; hidden
+    ones and notes (``NOT_PHOTOS``: a README.txt, a labels.csv) aside."""
     found = [
         Path(folder, name)
         for folder, dirs, files in os.walk(root, followlinks=False)
         for name in files
-        if not name.startswith(".") and Path(name).suffix.lower() not in IMAGE_EXTENSIONS
+        if not name.startswith(".") and Path(name).suffix.lower() not in IMAGE_EXTENSIONS | NOT_PHOTOS
         and not any(part.startswith(".") for part in Path(folder).relative_to(root).parts)
     ]  # fmt: skip
     return sorted(found, key=lambda path: path.relative_to(root).parts)

@@ -188,7 +188,7 @@ class HeadWatch:
 
 def remedies(cfg: HeadConfig, head: MarginHead) -> str:
     """The --set options that let a collapsed margin head train, in the order they did on Extended Yale B
-    (README: Training from scratch)."""
+    (docs/training.md: Training from scratch)."""
     longer = max(2 * margin_warmup(cfg), MARGIN_WARMUP_EPOCHS.get(cfg.type, 2.0))
     fixes = [f"--set head.margin_warmup_epochs={longer:g} (ramp the margin in slower)"]
     if cfg.s != "auto":

@@ -210,6 +210,8 @@ def test_align_folder_report_and_resume(tmp_path: Path) -> None:
     photos, out = make_photos(tmp_path / "raw"), tmp_path / "aligned"
     frames = [Image.new("RGB", (40, 40), color) for color in ("red", "blue")]
     frames[0].save(photos / "alice" / "animated.gif", save_all=True, append_images=frames[1:])  # not read: listed
+    (photos / "README.txt").write_text("who is who")  # a note beside the photos, not a photo: passed over silently
+    (photos / "bob" / "labels.csv").write_text("0.jpg,bob")
     result = align_folder(photos, out)
     assert (result.images, result.already, result.crops) == (7, 0, 5)
     assert dict(result.counts) == {"aligned": 4, "multiple_faces": 1, "no_face": 1, "unreadable": 1}

@@ -1,7 +1,7 @@
 """The three MTCNN networks (Zhang et al., IEEE SPL 2016) and their shipped weights.
 
 Layer sizes follow the paper and the released models; the layer names are those of the state dicts
-in ``facetrain/assets/mtcnn`` (from the facenet-pytorch 2.5.3 wheel, MIT; see the README's credits).
+in ``facetrain/assets/mtcnn`` (from the facenet-pytorch 2.5.3 wheel, MIT; see docs/credits.md).
 Inputs are RGB scaled as ``(x - 127.5) / 128``. The pooling layers round up (``ceil_mode``), as the
 original Caffe models did; the fully connected layers were trained on feature maps flattened in
 (width, height, channel) order, so ``_flatten`` reproduces that order.
