@@ -3,7 +3,8 @@
 Builds the site (``mkdocs build --strict``), serves ``site/`` on localhost, starts headless Chromium
 through Playwright, clicks from the front page to every page of the navigation, and on each page
 checks what a strict build cannot see: that the page loads, every image renders, every code block
-has a language, and no table or code block is wider than the page without its own scroll bar. Then
+has a language, no table or code block is wider than the page without its own scroll bar, and no
+list, table or fence is left as plain text. Then
 it saves screenshots of the front page, the evaluation page and the config reference into
 ``docs/img/``. Prints one line per page and exits 1 when any page has a problem.
 
@@ -31,7 +32,7 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-backgroun
 FLAGS += ["--disable-component-update", "--disable-sync", "--disable-quic"]
 
 # Run in the page: what looks wrong to a reader, as a list of strings.
-PROBLEMS_JS = """() => {
+PROBLEMS_JS = r"""() => {
   const found = [];
   const main = document.querySelector('.md-content');
   for (const img of document.querySelectorAll('.md-content img')) {
@@ -51,6 +52,13 @@ PROBLEMS_JS = """() => {
     }
     const right = el.getBoundingClientRect().right;
     if (!scrolls && right > main.getBoundingClientRect().right + 1) found.push('overflows the page: ' + el.tagName);
+  }
+  // Markdown that did not turn into HTML: a list without a blank line before it or nested by two
+  // spaces, a table or a fence that the parser passed over.
+  for (const el of document.querySelectorAll('.md-content p, .md-content li')) {
+    const own = [...el.childNodes].filter(n => n.nodeType === Node.TEXT_NODE).map(n => n.textContent).join('');
+    if (/(^|\n)\s*([-*]|\d+\.) \S/.test(own)) found.push('a list shown as text: ' + own.trim().slice(0, 50));
+    if (/\|---|```/.test(el.textContent)) found.push('a table or fence shown as text: ' + el.textContent.slice(0, 50));
   }
   return found;
 }"""

@@ -29,7 +29,7 @@ def shown_commands(text: str) -> list[list[str]]:
     """Each command line of the ```bash blocks, and each ``$ facetrain`` line of the output blocks, split."""
     lines = []
     for language, block in re.findall(r"```(\w*)\n(.*?)```", text, flags=re.S):
-        for line in block.splitlines():
+        for line in block.replace("\\\n", " ").splitlines():  # a command continued with a backslash is one line
             line = line.split("  #")[0].strip()
             if language == "bash" and line:
                 lines.append(line)

@@ -43,24 +43,23 @@ PAGES = {
 }
 
 
-def _register(name: str, command) -> None:
-    app.command(name, epilog=f"Documentation: docs/{PAGES[name]}")(command)
-
-
 # Every command is wrapped by error_boundary where it is defined. Registered in the order that
 # `facetrain --help` lists them.
-_register("train", training.train)
-_register("outliers", diagnostics.outliers_command)
-_register("eval", evaluation.eval_command)
-_register("pairs", evaluation.pairs_command)
-_register("export", deploy.export_command)
-_register("import", deploy.import_command)
-_register("verify", deploy.verify_command)
-_register("embed", deploy.embed_command)
-_register("check", diagnostics.check_command)
-_register("pack", data.pack_command)
-_register("unpack", data.unpack_command)
-_register("align", data.align_command)
+for _name, _command in (
+    ("train", training.train),
+    ("outliers", diagnostics.outliers_command),
+    ("eval", evaluation.eval_command),
+    ("pairs", evaluation.pairs_command),
+    ("export", deploy.export_command),
+    ("import", deploy.import_command),
+    ("verify", deploy.verify_command),
+    ("embed", deploy.embed_command),
+    ("check", diagnostics.check_command),
+    ("pack", data.pack_command),
+    ("unpack", data.unpack_command),
+    ("align", data.align_command),
+):
+    app.command(_name, epilog=f"Documentation: docs/{PAGES[_name]}")(_command)
 
 
 def _print_version(value: bool) -> None:

@@ -64,7 +64,7 @@ def clear_previous_run(run_dir: Path, keep: Path | None = None) -> None:
         (aside / TENSORBOARD).mkdir(parents=True, exist_ok=True)
         file.replace(aside / TENSORBOARD / file.name)
     if found:
-        moved.append(f"{TENSORBOARD}/ ({len(found)} event files)")
+        moved.append(f"{TENSORBOARD}/ ({len(found)} event file{'' if len(found) == 1 else 's'})")
     if moved:
         log.info(
             "--overwrite: set the previous run's %s aside in %s (deleted when this run writes its first last.pt)",
