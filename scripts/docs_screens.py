@@ -4,7 +4,7 @@ Builds the site (``mkdocs build --strict``), serves ``site/`` on localhost, star
 through Playwright, clicks from the front page to every page of the navigation, and on each page
 checks what a strict build cannot see: that the page loads, every image renders, every code block
 has a language, no table or code block is wider than the page without its own scroll bar, and no
-list, table or fence is left as plain text. Then
+list, table or fence is left as plain text. It also types into the site's search, as a reader does. Then
 it saves screenshots of the front page, the evaluation page and the config reference into
 ``docs/img/``. Prints one line per page and exits 1 when any page has a problem.
 
@@ -86,6 +86,22 @@ def nav_links(page, base: str) -> list[str]:
     return seen
 
 
+def search_finds(page, base: str, words: str, wanted: str) -> bool:
+    """The site's search, typed into as a reader does, lists the page ``wanted`` for ``words``."""
+    page.goto(base)
+    page.locator("label.md-search__icon, .md-search__input").first.click()
+    page.locator(".md-search__input").fill(words)
+    try:
+        page.wait_for_selector(".md-search-result__item", timeout=15_000)
+    except Exception:
+        print(f"FAIL search for {words!r}: no result")
+        return False
+    hrefs = page.eval_on_selector_all(".md-search-result__item a", "els => els.map(e => e.href)")
+    found = any(href.split("#")[0].split("?")[0] == base + wanted for href in hrefs)  # ?h= highlights the words
+    print(f"{'ok  ' if found else 'FAIL'} search for {words!r}: {len(hrefs)} results, /{wanted} among them: {found}")
+    return found
+
+
 def walk(browser, base: str, out: Path) -> int:
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.goto(base)
@@ -108,6 +124,7 @@ def walk(browser, base: str, out: Path) -> int:
         problems = page.evaluate(PROBLEMS_JS)
         failures += bool(problems)
         print(f"{'FAIL' if problems else 'ok  '} /{relative}  {title}" + "".join(f"\n     {p}" for p in problems))
+    failures += not search_finds(page, base, "Partial FC", "distributed/")
     for name, relative in SHOTS.items():
         page.goto(base + relative)
         page.wait_for_load_state("load")
