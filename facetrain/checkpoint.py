@@ -98,6 +98,12 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     state = read_tensors(file, CheckpointError, "checkpoint", CHECKPOINT_FIX, ("last.pt", "best.pt"), mmap)
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint '{file}' holds a {type(state).__name__}, not a facetrain checkpoint")
+    if _bare_weights(state):
+        raise CheckpointError(
+            f"checkpoint '{file}' holds bare weights (a state dict, no facetrain config), not a facetrain "
+            f"checkpoint: for insightface's backbone.pth, import it first: facetrain import --insightface {file} "
+            "--arch ARCH (r18, r50, r100, mbf, ...) --out model.pt"
+        )
     require_keys(state, REQUIRED_KEYS, file, "a facetrain checkpoint")
     if not isinstance(state["format_version"], int) or not isinstance(state["config"], dict):
         raise CheckpointError(f"checkpoint '{file}' has a malformed header: it is not a facetrain checkpoint")
@@ -107,6 +113,14 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
             f"({__version__}) reads: upgrade facetrain"
         )
     return state
+
+
+def _bare_weights(state: dict[str, Any]) -> bool:
+    """A plain state dict (every value a tensor), or one wrapped as ``{"state_dict": ...}``."""
+    import torch  # loaded already: the state was just read with it
+
+    inner = state.get("state_dict") if isinstance(state.get("state_dict"), dict) else state
+    return bool(inner) and "format_version" not in state and all(torch.is_tensor(v) for v in inner.values())
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

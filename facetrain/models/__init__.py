@@ -12,6 +12,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
         "insightface": (
             "INSIGHTFACE_INPUT_SIZE",
             "embedder_from_insightface",
+            "import_hint",
             "insightface_name",
             "insightface_state_dict",
         ),

@@ -11,6 +11,7 @@ named for what it holds, from its own keys.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -78,6 +79,24 @@ def unwrap(raw: Any, source: str) -> dict[str, torch.Tensor]:
     if all(key.startswith("module.") for key in state):  # saved from a DistributedDataParallel wrapper
         state = {key.removeprefix("module."): value for key, value in state.items()}
     return state
+
+
+def import_hint(path: str | Path) -> str | None:
+    """What to say of a file of insightface's bare weights given where a facetrain checkpoint belongs:
+    ``facetrain import`` it first, with the architecture its keys describe. None when the file is no
+    such state dict (its own error stands). Read with ``weights_only=True``, memory-mapped."""
+    try:
+        state = unwrap(torch.load(path, map_location="cpu", weights_only=True, mmap=True), str(path))
+    except Exception:  # any file that is not a plain state dict gets no hint
+        return None
+    arch, _ = infer_arch(state)
+    if arch is None:
+        return None
+    out = Path(path).with_name(f"{Path(path).stem}-{arch}.pt")
+    return (
+        f"'{path}' holds insightface's {insightface_name(arch)} weights (a bare state dict, no facetrain config): "
+        f"import them first, facetrain import --insightface {path} --arch {arch} --out {out}, then use {out}"
+    )
 
 
 def infer_arch(state: dict[str, torch.Tensor]) -> tuple[str | None, str]:

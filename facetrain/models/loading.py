@@ -32,7 +32,13 @@ def load_model(path: str | Path, device: torch.device, state: dict[str, Any] | N
 
     ``state`` is the checkpoint at ``path`` when the caller has read it already (it is read once).
     """
-    state = load_checkpoint(path) if state is None else state
+    if state is None:
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError as exc:  # insightface's backbone.pth is named for what it is, with its import
+            from facetrain.models.insightface import import_hint
+
+            raise CheckpointError(import_hint(path) or str(exc)) from None
     config = config_from_dict(state["config"], source=f"config inside '{path}'")
     # The weights come from the checkpoint; never re-read the original pretrained file.
     model_config = dataclasses.replace(config.model, pretrained=None)

@@ -25,7 +25,7 @@ from facetrain.checkpoint import load_checkpoint
 from facetrain.config import Config, ModelConfig
 from facetrain.data import as_batch, model_input, quiet_worker
 from facetrain.errors import CheckpointError, ConfigError
-from facetrain.models import ShardedHead, first_mismatch, load_weights
+from facetrain.models import ShardedHead, first_mismatch, import_hint, load_weights
 from facetrain.runtime import autocast
 from facetrain.training.preflight import check_init_from_place
 
@@ -43,7 +43,7 @@ def read_init_from(config: Config) -> dict[str, Any]:
     try:
         state = load_checkpoint(path, mmap=True)
     except CheckpointError as exc:
-        raise CheckpointError(f"model.init_from: {exc}") from None
+        raise CheckpointError(f"model.init_from: {import_hint(path) or exc}") from None
     saved_model, saved_data = state["config"].get("model"), state["config"].get("data")
     if not isinstance(saved_model, dict) or not isinstance(saved_data, dict):
         raise CheckpointError(f"model.init_from: checkpoint '{path}' has no model or data section in its config")

@@ -190,3 +190,30 @@ def test_a_new_run_starts_from_it_with_init_from(imported, tmp_path):
     assert code == 0, said
     trained = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["embedder"]
     assert torch.equal(trained["neck.layers.2.weight"], weights["features.layers.2.weight"])  # frozen
+
+
+def test_weights_not_yet_imported_are_named_with_their_import(imported, tmp_path):
+    """insightface's backbone.pth given where a facetrain checkpoint belongs: each command names the file
+    for what it is and gives the `facetrain import` line, with the architecture read from its keys."""
+    source, _, _ = imported
+    wanted = (
+        f"'{source}' holds insightface's mbf weights (a bare state dict, no facetrain config): import them "
+        f"first, facetrain import --insightface {source} --arch mobilefacenet --out "
+        f"{source.with_name('backbone-mobilefacenet.pt')}"
+    )
+    code, said = invoke("export", "--checkpoint", source, "--out", tmp_path / "model.pt")
+    assert code == 2 and wanted in said and said.count("\n") == 1, said
+    faces = make_faces(tmp_path / "faces", identities=2, per_identity=2, size=(112, 112))
+    config = tmp_path / "tune.yaml"
+    config.write_text(
+        f"run_dir: {tmp_path / 'run'}\ndata: {{root: {faces}, image_size: 112}}\n"
+        f"model: {{backbone: mobilefacenet, embedding_dim: {DIM}, init_from: {source}}}\neval: {{sets: []}}\n"
+    )
+    code, said = invoke("train", "--config", config, "--device", "cpu", "--no-progress")
+    assert code == 2 and f"model.init_from: {wanted}" in said, said
+    # Weights that are no face network insightface releases: the generic line, still with the import.
+    other = tmp_path / "other.pth"
+    torch.save({"conv.weight": torch.zeros(4, 3, 3, 3), "fc.weight": torch.zeros(2, 4)}, other)
+    code, said = invoke("train", "--resume", other, "--no-progress")
+    assert code == 2 and f"checkpoint '{other}' holds bare weights (a state dict, no facetrain config)" in said, said
+    assert f"facetrain import --insightface {other} --arch ARCH" in said
