@@ -298,7 +298,11 @@ def test_a_missing_loose_crop_is_found_before_the_model_loads(faces_set, tmp_pat
     shutil.copytree(faces_set.root, root)
     (root / "loose_crop" / faces_set.rows[40][0]).unlink()
     (root / "loose_crop" / faces_set.rows[41][0]).unlink()
-    with pytest.raises(DataError, match=r"image '41.jpg' \(line 41 of the name_5pts_score file\) .* nor are 1 more"):
+    with pytest.raises(DataError, match=r"image '41.jpg' \(line 41 of the name_5pts_score file\) .*, nor is 1 more:"):
+        read_protocol(root, "IJBC", "11", need_images=True)
+    shutil.copy(faces_set.root / "loose_crop" / faces_set.rows[41][0], root / "loose_crop")
+    alone = r"image '41.jpg' \(line 41 of the name_5pts_score file\) is not in '[^']*': give"
+    with pytest.raises(DataError, match=alone):  # one image missing: nothing said of others
         read_protocol(root, "IJBC", "11", need_images=True)
 
 

@@ -87,8 +87,9 @@ def require_crops(folder: Path, names: list[str]) -> None:
     present = set(os.listdir(folder))
     missing = [i for i, name in enumerate(names) if name not in present and not (folder / name).is_file()]
     if missing:
-        first = missing[0]
+        first, more = missing[0], len(missing) - 1
+        others = f", nor {'is 1 more' if more == 1 else f'are {more:,} more'}" if more else ""
         raise DataError(
-            f"--ijb: image '{names[first]}' (line {first + 1} of the name_5pts_score file) is not in '{folder}', "
-            f"nor are {len(missing) - 1} more: give the release's complete loose_crop folder, or --features FILE.npy"
+            f"--ijb: image '{names[first]}' (line {first + 1} of the name_5pts_score file) is not in '{folder}'"
+            f"{others}: give the release's complete loose_crop folder, or --features FILE.npy"
         )
