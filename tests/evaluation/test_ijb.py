@@ -222,7 +222,14 @@ def test_bad_protocol_files_are_one_line(layout, features, tmp_path):
 def test_bad_features_files_are_one_line(layout, tmp_path):
     wrong = tmp_path / "wrong.npy"
     np.save(wrong, np.zeros((3, 8), np.float32))
-    one_line(cli("--ijb", layout.root, "--features", wrong), "has shape (3, 8)", "name_5pts_score")
+    n = len(layout.rows)
+    one_line(cli("--ijb", layout.root, "--features", wrong), f"has 3 rows, but the meta files list {n} images")
+    cube = tmp_path / "cube.npy"
+    np.save(cube, np.ones((n, 4, 2), np.float32))  # the right count of rows, but not one row per image
+    one_line(cli("--ijb", layout.root, "--features", cube), f"has shape ({n}, 4, 2), not one row of features per image")
+    zeros = tmp_path / "zeros.npy"
+    np.save(zeros, np.zeros((n, 8), np.float32))  # every score would tie
+    one_line(cli("--ijb", layout.root, "--features", zeros), "zeros.npy' holds only zeros")
     objects = tmp_path / "objects.npy"
     np.save(objects, np.array([{"a": 1}] * len(layout.rows), dtype=object), allow_pickle=True)
     one_line(cli("--ijb", layout.root, "--features", objects), "holds Python objects")

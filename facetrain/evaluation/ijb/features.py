@@ -84,18 +84,28 @@ def read_features(path: str | Path, count: int) -> torch.Tensor:
     if not isinstance(array, np.ndarray):  # an .npz archive
         array.close()
         raise DataError(f"--features: '{file}' is an .npz archive, not one array (.npy): {FEATURES_FIX}")
-    if array.ndim != 2 or array.shape[0] != count or array.shape[1] < 1:
+    if array.ndim != 2 or array.shape[1] < 1:
         raise DataError(
-            f"--features: '{file}' has shape {array.shape}, but the meta files list {count} images: {FEATURES_FIX}"
+            f"--features: '{file}' has shape {array.shape}, not one row of features per image ({count} x D): "
+            f"{FEATURES_FIX}"
+        )
+    if array.shape[0] != count:
+        raise DataError(
+            f"--features: '{file}' has {array.shape[0]} rows, but the meta files list {count} images: {FEATURES_FIX}"
         )
     if not np.issubdtype(array.dtype, np.floating):
         raise DataError(f"--features: '{file}' holds {array.dtype} values: {FEATURES_FIX}")
     features = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))  # no copy for float32
+    nonzero = False
     for start in range(0, count, CHECK_ROWS):  # in chunks: a mask of all of IJB-C's features is 240 MB
-        finite = torch.isfinite(features[start : start + CHECK_ROWS]).all(dim=1)
+        chunk = features[start : start + CHECK_ROWS]
+        finite = torch.isfinite(chunk).all(dim=1)
         if not bool(finite.all()):
             row = start + int(torch.nonzero(~finite)[0])
             raise DataError(f"--features: '{file}' row {row + 1} is not finite: {FEATURES_FIX}")
+        nonzero = nonzero or bool(chunk.any())
+    if not nonzero:  # every score would tie: the ranks and TARs would mean nothing
+        raise DataError(f"--features: '{file}' holds only zeros: {FEATURES_FIX}")
     return features
 
 
