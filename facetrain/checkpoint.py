@@ -64,6 +64,9 @@ def read_tensors(
     require_kind(file, error, what, fix, TORCH_FILES, look_for)
     import torch
 
+    # torch's legacy format (torch.save before 1.6, or _use_new_zipfile_serialization=False) is read the same
+    # safe way, but cannot be memory-mapped: it is read whole.
+    mmap = mmap and describe(file) == TORCH_ARCHIVE
     try:
         with warnings.catch_warnings():  # torch's pickle-protocol and TorchScript notices: the error says more
             warnings.simplefilter("ignore")
@@ -78,7 +81,7 @@ def _load_problem(file: Path, exc: Exception) -> str:
     if unsafe:
         return f"it holds Python objects ({unsafe.group(1)}), which facetrain never unpickles (only tensors and values)"
     if kind == "a Python pickle":
-        return "it is a plain Python pickle, not a torch.save archive"
+        return "it is a Python pickle that is not a torch.save file, or a damaged one"
     if "Weights only load failed" in str(exc):
         return "it holds Python objects, which facetrain never unpickles (only tensors and values)"
     return f"it is {kind} that is truncated or damaged"

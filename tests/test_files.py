@@ -5,12 +5,13 @@ from __future__ import annotations
 import errno
 import io
 import os
+import pickle
 
 import pytest
 import torch
 
 from facetrain import files
-from facetrain.checkpoint import load_checkpoint, save_checkpoint
+from facetrain.checkpoint import load_checkpoint, read_tensors, save_checkpoint
 from facetrain.errors import CheckpointError, DataError, OutputError
 
 
@@ -164,3 +165,17 @@ def test_require_file_and_folder_say_what_the_path_is(tmp_path):
         files.require_folder(tmp_path / "run" / "last.pt", DataError, "data.root", "fix")
     with pytest.raises(DataError, match=r"data.root: folder '.*nope' does not exist: fix"):
         files.require_folder(tmp_path / "nope", DataError, "data.root", "fix")
+
+
+def test_a_legacy_torch_save_file_is_read_even_where_a_read_is_memory_mapped(tmp_path):
+    """torch's pre-1.6 format cannot be memory-mapped (model.init_from and multi-rank resume map theirs): it
+    is read whole instead, with the same weights-only safety, rather than refused as "a pickle"."""
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"a": torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)
+    for mmap in (False, True):
+        state = read_tensors(legacy, CheckpointError, "checkpoint", "fix", mmap=mmap)
+        assert torch.equal(state["a"], torch.ones(2))
+    plain = tmp_path / "plain.pkl"
+    plain.write_bytes(pickle.dumps({"a": [1, 2]}))
+    with pytest.raises(CheckpointError, match="it is a Python pickle that is not a torch.save file, or a damaged one"):
+        read_tensors(plain, CheckpointError, "checkpoint", "fix", mmap=True)
