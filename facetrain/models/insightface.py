@@ -106,6 +106,8 @@ def infer_arch(state: dict[str, torch.Tensor]) -> tuple[str | None, str]:
         width = int(stem.shape[0]) if stem is not None and stem.dim() == 4 else None
         if width == 64 * SCALE:
             return MOBILEFACENET, "its conv_sep.* and layers.* keys are MobileFaceNet's"
+        if width is None:
+            return None, "a MobileFaceNet without its first conv (no layers.0.layers.0.weight: the file is incomplete)"
         return None, f"a MobileFaceNet whose first conv has {width} channels (insightface's mbf has {64 * SCALE})"
     counts = tuple(_blocks(state, stage) for stage in range(1, 5))
     if not counts[0]:

@@ -217,3 +217,13 @@ def test_weights_not_yet_imported_are_named_with_their_import(imported, tmp_path
     code, said = invoke("train", "--resume", other, "--no-progress")
     assert code == 2 and f"checkpoint '{other}' holds bare weights (a state dict, no facetrain config)" in said, said
     assert f"facetrain import --insightface {other} --arch ARCH" in said
+
+
+def test_a_mobilefacenet_file_without_its_first_conv_says_so(imported, tmp_path):
+    _, _, weights = imported
+    damaged = tmp_path / "damaged.pth"
+    torch.save({key: value for key, value in weights.items() if key != "layers.0.layers.0.weight"}, damaged)
+    code, said = invoke("import", "--insightface", damaged, "--arch", "r50", "--out", tmp_path / "x.pt")
+    incomplete = "a MobileFaceNet without its first conv (no layers.0.layers.0.weight: the file is incomplete)"
+    assert code == 2 and incomplete in said, said
+    assert "None" not in said
