@@ -40,6 +40,8 @@ _MAGIC = (
 )  # fmt: skip
 TORCHSCRIPT = "an exported TorchScript model (written by facetrain export or torch.jit.save)"
 TORCH_ARCHIVE = "a torch.save archive (a checkpoint or weights file)"
+# What an output that is re-made routinely (a report, an export) never replaces unless it is one itself.
+KEPT = (TORCH_ARCHIVE, TORCHSCRIPT, RECORDIO, "a Python pickle")
 
 
 def describe(path: str | Path) -> str:
@@ -137,10 +139,14 @@ def require_folder(path: str | Path, error: type[FacetrainError], what: str, fix
     raise error(f"{what}: folder '{folder}' does not exist{broken}: {fix}")
 
 
-def output_path(path: str | Path, option: str, inputs: tuple[str | Path | None, ...] = ()) -> Path:
+def output_path(
+    path: str | Path, option: str, inputs: tuple[str | Path | None, ...] = (), writes: str | None = None
+) -> Path:
     """The target of ``option``, checked before any long computation: not a folder, its folder writable.
 
-    ``inputs``: files the command reads, which the output must never replace.
+    ``inputs``: files the command reads, which the output must never replace. ``writes``: the kind of
+    file a routinely re-made output is (a JSON report, a TorchScript model); given, an existing
+    checkpoint, model or record file of another kind is refused rather than replaced by it.
     """
     target = Path(path)
     for source in inputs:
@@ -148,6 +154,10 @@ def output_path(path: str | Path, option: str, inputs: tuple[str | Path | None, 
             raise OutputError(f"{option}: '{target}' is also an input of this command: write to another path")
     if target.is_dir():
         raise OutputError(f"{option}: '{target}' is a folder: give a file name (inside it, or anywhere else)")
+    if writes is not None and target.is_file() and (kind := describe(target)) in KEPT and kind != writes:
+        raise OutputError(
+            f"{option}: '{target}' is {kind}, which {writes} would replace: give another path (or remove it first)"
+        )
     folder = target.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)

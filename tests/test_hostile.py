@@ -340,6 +340,31 @@ CASES: dict[str, Case] = {
         lambda w: ["eval", "--checkpoint", str(w.checkpoint), "--pairs", str(w.pairs), "--json", str(w.pairs)],
         ("--json:", "is also an input of this command"),
     ),
+    # A re-made output (a report, an export) never replaces a checkpoint, a model or a record file of another
+    # kind: before, --json over a run's last.pt replaced it with JSON, and export --out with a model.
+    "eval_json_over_another_checkpoint": Case(
+        lambda w: [
+            "eval",
+            "--checkpoint",
+            str(w.checkpoint),
+            "--pairs",
+            str(w.pairs),
+            "--json",
+            str(w.tampered("o.pt")),
+        ],
+        (
+            "--json:",
+            "o.pt' is a torch.save archive (a checkpoint or weights file), which a JSON report would replace",
+        ),
+    ),
+    "eval_plot_over_a_model": Case(
+        lambda w: ["eval", "--checkpoint", str(w.checkpoint), "--pairs", str(w.pairs), "--plot", str(w.model)],
+        ("--plot:", "is an exported TorchScript model", "which a plot would replace: give another path"),
+    ),
+    "export_over_another_checkpoint": Case(
+        lambda w: ["export", "--checkpoint", str(w.checkpoint), "--out", str(w.tampered("other.pt"))],
+        ("--out:", "other.pt' is a torch.save archive", "which an exported TorchScript model"),
+    ),
     "embed_format_mismatch": Case(
         lambda w: embed(w, "--format", "csv"),
         ("is not a .csv file name, and --format is csv: pass --format npz",),

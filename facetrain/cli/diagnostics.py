@@ -47,7 +47,9 @@ def outliers_command(
 
     check_device(device, "--device")
     require_checkpoint(checkpoint)
-    target = output_path(out or checkpoint.parent / "outliers.tsv", "--out", inputs=(checkpoint,))
+    target = output_path(
+        out or checkpoint.parent / "outliers.tsv", "--out", inputs=(checkpoint,), writes="an outlier report"
+    )
     from facetrain.runtime import resolve_device
 
     write_outlier_report(checkpoint, target, angle, resolve_device(device, "--device"), batch_size)

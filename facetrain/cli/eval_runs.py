@@ -83,9 +83,9 @@ def check_request(request: EvalRequest, needs_model: bool = True, inputs: tuple[
         from facetrain.deploy import check_model_input
 
         check_model_input(request.model, **request.model_input.given())
-    for path, option in ((request.json_out, "--json"), (request.plot, "--plot")):
-        if path is not None:
-            output_path(path, option, inputs=(request.source, *inputs))  # before the embedding, not after
+    for path, option, writes in ((request.json_out, "--json", "a JSON report"), (request.plot, "--plot", "a plot")):
+        if path is not None:  # before the embedding, not after
+            output_path(path, option, inputs=(request.source, *inputs), writes=writes)
     return cfg
 
 
@@ -161,7 +161,7 @@ def run_ijb_command(request: EvalRequest, options: IjbOptions) -> None:
     if options.features is not None:
         require_file(options.features, DataError, "--features", FEATURES_FIX)
     if options.save_features is not None:
-        output_path(options.save_features, "--save-features", inputs=(request.source,))
+        output_path(options.save_features, "--save-features", inputs=(request.source,), writes="a features array")
     outputs = [path.resolve() for path in (request.json_out, request.plot, options.save_features) if path]
     if len(set(outputs)) < len(outputs):
         raise ConfigError("--json, --plot and --save-features name the same file: give each its own")

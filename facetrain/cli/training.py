@@ -137,5 +137,5 @@ def _checked_inputs(
     from facetrain.files import output_path
 
     run_config = check_reportable(cfg, resume, overrides, source=str(config or "config"))  # refused before training
-    output_path(Path(run_config.run_dir) / "outliers.tsv", "--report-outliers")
+    output_path(Path(run_config.run_dir) / "outliers.tsv", "--report-outliers", writes="an outlier report")
     return cfg, overrides, run_config

@@ -62,7 +62,8 @@ def check_export(checkpoint: str | Path, out: str | Path, fmt: str, threshold: f
     if fmt == INSIGHTFACE_FORMAT and threshold is not None:
         raise ConfigError("--threshold: --format insightface writes weights only, with no metadata: drop --threshold")
     require_checkpoint(checkpoint)
-    return output_path(out, "--out", inputs=(checkpoint,))
+    writes = {"torchscript": TORCHSCRIPT, INSIGHTFACE_FORMAT: TORCH_ARCHIVE}.get(fmt, "an ONNX model")
+    return output_path(out, "--out", inputs=(checkpoint,), writes=writes)
 
 
 class ImportInputs(NamedTuple):
@@ -169,7 +170,7 @@ def check_embed(
         )
     if fmt not in EMBED_FORMATS:
         raise ConfigError(f"unknown output format '{fmt}': use {' or '.join(EMBED_FORMATS)}")
-    root, out = Path(images), output_path(out, "--out")  # before the embedding work
+    root, out = Path(images), output_path(out, "--out", writes="an embeddings file")  # before the embedding work
     suffix = Path(out).suffix.lower().lstrip(".")
     if suffix != fmt:  # also keeps --out from overwriting an input image
         hint = f"pass --format {suffix}" if suffix in EMBED_FORMATS else f"name it {Path(out).stem}.{fmt}"
