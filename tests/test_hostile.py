@@ -432,6 +432,18 @@ CASES: dict[str, Case] = {
         ],
         ("bad.json' is not valid JSON (line 2, column 1)",),
     ),
+    "threshold_from_an_ijb_report": Case(
+        lambda w: [
+            "export",
+            "--checkpoint",
+            str(w.checkpoint),
+            "--out",
+            str(w.root / "cases" / "t.pt"),
+            "--threshold-from",
+            str(w.file("ijb.json", '{"model": "m.pt", "ijb": {"protocol": "1:1", "threshold": {"1e-4": 0.3}}}')),
+        ],
+        ("ijb.json' is an IJB report (eval --ijb --json): its thresholds are for template scores",),
+    ),
     "verify_a_folder": Case(
         lambda w: ["verify", str(w.model), str(w.faces), images(w)[0]], ("is a folder, not an image",)
     ),

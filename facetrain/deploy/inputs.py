@@ -131,6 +131,11 @@ def threshold_from_eval_json(path: str | Path, checkpoint: str | Path | None = N
         raise DataError(f"'{file}' is not valid JSON (line {exc.lineno}, column {exc.colno}): {fix}") from None
     except (OSError, ValueError) as exc:  # unreadable, or not UTF-8
         raise DataError(f"'{file}' cannot be read as JSON ({type(exc).__name__}): {fix}") from None
+    if isinstance(payload, dict) and "ijb" in payload and "sets" not in payload:
+        raise DataError(
+            f"'{file}' is an IJB report (eval --ijb --json): its thresholds are for template scores, not for "
+            "two photos: give the JSON of facetrain eval --pairs (or --suite) on verification pairs"
+        )
     try:
         value = payload["sets"][0]["plain"]["threshold"]
     except (LookupError, TypeError) as exc:
