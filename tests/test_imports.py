@@ -1,7 +1,8 @@
 """The package by stage, and imports that run one way.
 
     cli  →  training, deploy, diagnostics  →  evaluation  →  models  →  data
-         →  runtime, checkpoint, distributed  →  config  →  safe_yaml  →  schema, files  →  errors, lazy
+         →  runtime, checkpoint, distributed  →  config  →  safe_yaml  →  schema, files  →  paths
+         →  errors, lazy
 
 A module may import its own unit (a wing such as ``facetrain.data``, or a base module such as
 ``facetrain.config``) and any unit of a lower rank; never a higher rank, and never a peer of the
@@ -29,21 +30,22 @@ RANK = {
     "__init__": 0,  # the package's own __init__: the version string
     "errors": 0,
     "lazy": 0,  # PEP 562 re-exports for the wings' __init__
-    "schema": 1,
-    "files": 1,
-    "safe_yaml": 2,
-    "config": 3,
-    "runtime": 4,
-    "checkpoint": 4,
-    "distributed": 4,  # every collective; no-ops for one process
-    "data": 5,
-    "models": 6,
-    "evaluation": 7,
-    "training": 8,
-    "deploy": 8,
-    "diagnostics": 8,
-    "cli": 9,
-    "__main__": 10,  # python -m facetrain: runs the CLI
+    "paths": 1,  # what a user's path is, by its first bytes
+    "schema": 2,
+    "files": 2,
+    "safe_yaml": 3,
+    "config": 4,
+    "runtime": 5,
+    "checkpoint": 5,
+    "distributed": 5,  # every collective; no-ops for one process
+    "data": 6,
+    "models": 7,
+    "evaluation": 8,
+    "training": 9,
+    "deploy": 9,
+    "diagnostics": 9,
+    "cli": 10,
+    "__main__": 11,  # python -m facetrain: runs the CLI
 }
 WINGS = ("data", "models", "evaluation", "training", "deploy", "diagnostics")
 
