@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import io
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -13,6 +16,17 @@ from facetrain.errors import DataError
 
 # Larger images are refused before they are decoded: a 100 KB PNG can claim 144 Mpx (2 GB decoded).
 MAX_IMAGE_PIXELS = 64_000_000
+
+
+@contextmanager
+def quiet_pillow() -> Iterator[None]:
+    """Pillow's own warnings (bombs, EXIF, palettes) kept from the user: facetrain's messages say what
+    matters. Enter it in the main thread only, around any threads that decode (``warnings.catch_warnings``
+    is not thread-safe: one thread's exit could restore another's filters)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"PIL\.")
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+        yield
 
 
 class BadImage(DataError):
@@ -30,9 +44,11 @@ def load_image(
     EXIF orientation a camera recorded.
     """
     try:
-        with warnings.catch_warnings():  # Pillow's own warnings (bombs, EXIF, palettes): ours say what matters
-            warnings.simplefilter("ignore")
-            return _decode(Image.open(io.BytesIO(data) if data is not None else path), path, min_side, upright)
+        opened = Image.open(io.BytesIO(data) if data is not None else path)
+        if threading.current_thread() is not threading.main_thread():  # the caller's quiet_pillow() holds
+            return _decode(opened, path, min_side, upright)
+        with quiet_pillow():
+            return _decode(opened, path, min_side, upright)
     except Image.DecompressionBombError:  # over Pillow's own limit, refused inside Image.open
         raise DataError(_too_large(path, f"more than {2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} Mpx")) from None
     except FileNotFoundError:

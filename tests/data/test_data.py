@@ -143,3 +143,27 @@ def test_preprocess_normalises_exactly_as_per_channel_normalize():
     expected = TF.normalize(TF.pil_to_tensor(image).float().div(255.0), MEAN, STD)
     assert torch.equal(Preprocess(24)(image), expected)
     assert torch.equal(Preprocess(24)(image, flip=True), expected.flip(-1))
+
+
+def test_pillow_warnings_stay_quiet_when_images_decode_in_threads(tmp_path):
+    """align decodes in threads, under one quiet_pillow() of the main thread (catch_warnings in each thread
+    could leave another thread's filters behind): Pillow's notices never reach the user, in a thread or in
+    the main thread, and the process's warning filters come out as they went in."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from facetrain.data.images import quiet_pillow
+
+    palette = Image.new("P", (24, 24))
+    palette.putpalette([i % 256 for i in range(768)])
+    palette.save(tmp_path / "palette.png", transparency=bytes(10))  # Pillow warns when this becomes RGB
+    before = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with quiet_pillow(), ThreadPoolExecutor(4) as pool:
+            images = list(pool.map(lambda _: load_image(tmp_path / "palette.png"), range(32)))
+        images.append(load_image(tmp_path / "palette.png"))  # the main thread quiets its own decode
+        assert [str(w.message) for w in caught] == []
+        warnings.warn("a warning of someone else's still shows", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["a warning of someone else's still shows"]
+    assert all(image.mode == "RGB" and image.size == (24, 24) for image in images)
+    assert list(warnings.filters) == before

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from facetrain.data.align.aligner import Aligned, Aligner
 from facetrain.data.align.options import AlignOptions, check_folders, check_options
 from facetrain.data.align.report import REPORT, Row, journal, read_rows, write_report
+from facetrain.data.images import quiet_pillow
 from facetrain.data.sources import unsupported_files
 from facetrain.errors import ConfigError, OutputError
 from facetrain.files import atomic_write, write_text
@@ -208,11 +209,12 @@ def _threaded(chunks: list[list[Job]], out: Path, aligner: Aligner):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     executor = ThreadPoolExecutor(max(1, min(threads, len(chunks))), thread_name_prefix="align")
-    try:
-        yield from executor.map(lambda chunk: _align_chunk(aligner, chunk, out), chunks)
-    finally:  # Ctrl-C, or the caller stopped early: chunks not started are dropped, running ones finish
-        executor.shutdown(wait=True, cancel_futures=True)
-        torch.set_num_threads(threads)
+    with quiet_pillow():  # for the threads' decodes, which cannot set warning filters themselves
+        try:
+            yield from executor.map(lambda chunk: _align_chunk(aligner, chunk, out), chunks)
+        finally:  # Ctrl-C, or the caller stopped early: chunks not started are dropped, running ones finish
+            executor.shutdown(wait=True, cancel_futures=True)
+            torch.set_num_threads(threads)
 
 
 def _pool(processes: int, options: AlignOptions) -> multiprocessing.pool.Pool:
