@@ -103,10 +103,19 @@ def check_finite(model: PixelEmbedder, outputs: torch.Tensor, images: int, seen:
     if bool(finite.all()):
         return
     first = int((~finite).nonzero()[0, 0]) % images
+    if isinstance(model, ModuleEmbedder):  # facetrain's own embedder: a checkpoint's, or the one in training
+        fix = (
+            "its weights hold NaN or infinite values, or overflowed at this precision, as in a run that "
+            "diverged: lower train.lr (and keep train.grad_clip), or use an earlier checkpoint"
+        )
+    else:
+        fix = (
+            "check the model's weights, and that its input options (--input-size, --mean, --std, --channels) "
+            "are the ones it was trained with"
+        )
     raise DataError(
         f"{model.name} returned NaN or infinite embeddings (first for image {seen + first + 1} of this "
-        "evaluation): no score can come of them; check the model's weights, and that its input options "
-        "(--input-size, --mean, --std, --channels) are the ones it was trained with"
+        f"evaluation): no score can come of them; {fix}"
     )
 
 
@@ -152,6 +161,6 @@ def embed_pairs_images(
     part: range | None = None,
     cached: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``embed_pairs_with`` for a facetrain embedder module (training's evaluation, a checkpoint's)."""
-    model = ModuleEmbedder(embedder, preprocess, device, precision)
+    """``embed_pairs_with`` for the embedder module in training (its evaluations during the run)."""
+    model = ModuleEmbedder(embedder, preprocess, device, precision, name="the embedder in training")
     return embed_pairs_with(model, pairs, batch_size, num_workers, flip, part, cached)

@@ -228,3 +228,23 @@ def test_altered_checkpoint_names_the_first_mismatched_weight(orl_checkpoint, tm
     altered = save_checkpoint(state, tmp_path / "altered.pt")
     with pytest.raises(CheckpointError, match=r"neck\.3\.weight: \(7, 512\) vs \(32, 512\)"):
         load_model(altered, CPU)
+
+
+def test_nan_embeddings_say_what_to_fix_for_the_kind_of_model():
+    """A facetrain embedder (a checkpoint's, or the one in training) that returns NaN points at the run
+    that diverged; a model file points at its weights and input options."""
+    from facetrain.errors import DataError
+    from facetrain.evaluation.embedding import check_finite
+    from facetrain.models.pixels import ModuleEmbedder
+
+    class File:  # a model file as eval --model loads one: only its name matters here
+        name = "model 'foreign.onnx'"
+
+    outputs = torch.tensor([[1.0, 0.0], [float("nan"), 0.0]])
+    ours = ModuleEmbedder(torch.nn.Identity(), Preprocess(32), torch.device("cpu"), Precision(None), name="the run")
+    with pytest.raises(DataError, match=r"the run returned NaN .* image 4 of this evaluation.*lower train.lr"):
+        check_finite(ours, outputs, images=2, seen=2)
+    with pytest.raises(DataError, match=r"model 'foreign.onnx' returned NaN .*--input-size, --mean") as raised:
+        check_finite(File(), outputs, images=2, seen=0)
+    assert "train.lr" not in str(raised.value)
+    check_finite(ours, outputs[:1], images=1, seen=0)  # finite: nothing said
