@@ -421,27 +421,10 @@ CASES: dict[str, Case] = {
         ("latin1.txt, line 2, column 6: byte 0xe9 is not UTF-8: re-save the pairs file as UTF-8",),
     ),
     "threshold_from_malformed_json": Case(
-        lambda w: [
-            "export",
-            "--checkpoint",
-            str(w.checkpoint),
-            "--out",
-            str(w.root / "cases" / "t.pt"),
-            "--threshold-from",
-            str(w.file("bad.json", '{"sets": [\n')),
-        ],
-        ("bad.json' is not valid JSON (line 2, column 1)",),
+        lambda w: threshold_from(w, "bad.json", '{"sets": [\n'), ("bad.json' is not valid JSON (line 2, column 1)",)
     ),
     "threshold_from_an_ijb_report": Case(
-        lambda w: [
-            "export",
-            "--checkpoint",
-            str(w.checkpoint),
-            "--out",
-            str(w.root / "cases" / "t.pt"),
-            "--threshold-from",
-            str(w.file("ijb.json", '{"model": "m.pt", "ijb": {"protocol": "1:1", "threshold": {"1e-4": 0.3}}}')),
-        ],
+        lambda w: threshold_from(w, "ijb.json", '{"model": "m.pt", "ijb": {"protocol": "1:1", "threshold": {}}}'),
         ("ijb.json' is an IJB report (eval --ijb --json): its thresholds are for template scores",),
     ),
     "verify_a_folder": Case(
@@ -538,6 +521,12 @@ def misfit_checkpoint(w: World) -> Path:
 
 def evaluate(w: World, *extra: str) -> list[str]:
     return ["eval", "--checkpoint", str(w.checkpoint), "--pairs", str(w.pairs), *extra]
+
+
+def threshold_from(w: World, name: str, text: str) -> list[str]:
+    """export with --threshold-from a JSON file of the given text."""
+    out = str(w.root / "cases" / "t.pt")
+    return ["export", "--checkpoint", str(w.checkpoint), "--out", out, "--threshold-from", str(w.file(name, text))]
 
 
 def embed(w: World, *extra: str) -> list[str]:
