@@ -102,10 +102,11 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint '{file}' holds a {type(state).__name__}, not a facetrain checkpoint")
     if _bare_weights(state):
-        raise CheckpointError(
+        raise BareWeights(
             f"checkpoint '{file}' holds bare weights (a state dict, no facetrain config), not a facetrain "
             f"checkpoint: for insightface's backbone.pth, import it first: facetrain import --insightface {file} "
-            "--arch ARCH (r18, r50, r100, mbf, ...) --out model.pt"
+            "--arch ARCH (r18, r50, r100, mbf, ...) --out model.pt",
+            state,
         )
     require_keys(state, REQUIRED_KEYS, file, "a facetrain checkpoint")
     if not isinstance(state["format_version"], int) or not isinstance(state["config"], dict):
@@ -116,6 +117,15 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
             f"({__version__}) reads: upgrade facetrain"
         )
     return state
+
+
+class BareWeights(CheckpointError):
+    """A file of bare weights where a facetrain checkpoint belongs; ``state`` is what was read, so a caller
+    that knows the architectures (``facetrain.models.read_checkpoint``) can name them without reading again."""
+
+    def __init__(self, message: str, state: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.state = state
 
 
 def _bare_weights(state: dict[str, Any]) -> bool:

@@ -17,9 +17,6 @@ PAGE = Path(__file__).resolve().parents[1] / "docs" / "config.md"
 START, END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
 
 
-SECTIONS = {"": "Top level", "data": "data", "model": "model", "head": "head", "train": "train", "eval": "eval"}
-
-
 def table() -> str:
     """One table per section of the config, each under its own heading (the site's table of contents)."""
     groups: dict[str, list[str]] = {}
@@ -29,8 +26,7 @@ def table() -> str:
         groups.setdefault(section, []).append(f"| `{key}` | {kind} | {shown} | {help_text} |")
     parts = []
     for section, rows in groups.items():
-        title = SECTIONS.get(section, section)
-        heading = f"## {title}" if not section else f"## `{title}`"
+        heading = f"## `{section}`" if section else "## Top level"
         parts.append("\n".join([heading, "", "| key | type | default | meaning |", "|---|---|---|---|", *rows]))
     return "\n\n".join(parts)
 

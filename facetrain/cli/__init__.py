@@ -25,41 +25,26 @@ app = typer.Typer(
     epilog="Documentation: README.md, then docs/ (one page per subject; `make docs` builds them as a site).",
 )
 
-# The page of the documentation (docs/, or the site `make docs` builds) that each command's --help
-# ends with; tests/test_cli_help.py checks that every command has one and that the page exists.
-PAGES = {
-    "train": "training.md",
-    "outliers": "diagnostics.md",
-    "eval": "evaluation.md",
-    "pairs": "evaluation.md",
-    "export": "deployment.md",
-    "import": "backbones.md",
-    "verify": "deployment.md",
-    "embed": "deployment.md",
-    "check": "diagnostics.md",
-    "pack": "data.md",
-    "unpack": "data.md",
-    "align": "alignment.md",
-}
-
-
-# Every command is wrapped by error_boundary where it is defined. Registered in the order that
-# `facetrain --help` lists them.
-for _name, _command in (
-    ("train", training.train),
-    ("outliers", diagnostics.outliers_command),
-    ("eval", evaluation.eval_command),
-    ("pairs", evaluation.pairs_command),
-    ("export", deploy.export_command),
-    ("import", deploy.import_command),
-    ("verify", deploy.verify_command),
-    ("embed", deploy.embed_command),
-    ("check", diagnostics.check_command),
-    ("pack", data.pack_command),
-    ("unpack", data.unpack_command),
-    ("align", data.align_command),
-):
-    app.command(_name, epilog=f"Documentation: docs/{PAGES[_name]}")(_command)
+# Every command, in the order `facetrain --help` lists them, with the page of the documentation (docs/, or
+# the site `make docs` builds) that its --help ends with; tests/test_cli_help.py checks each page exists.
+# Each command is wrapped by error_boundary where it is defined.
+COMMANDS = (
+    ("train", training.train, "training.md"),
+    ("outliers", diagnostics.outliers_command, "diagnostics.md"),
+    ("eval", evaluation.eval_command, "evaluation.md"),
+    ("pairs", evaluation.pairs_command, "evaluation.md"),
+    ("export", deploy.export_command, "deployment.md"),
+    ("import", deploy.import_command, "backbones.md"),
+    ("verify", deploy.verify_command, "deployment.md"),
+    ("embed", deploy.embed_command, "deployment.md"),
+    ("check", diagnostics.check_command, "diagnostics.md"),
+    ("pack", data.pack_command, "data.md"),
+    ("unpack", data.unpack_command, "data.md"),
+    ("align", data.align_command, "alignment.md"),
+)
+PAGES = {name: page for name, _, page in COMMANDS}
+for _name, _command, _page in COMMANDS:
+    app.command(_name, epilog=f"Documentation: docs/{_page}")(_command)
 
 
 def _print_version(value: bool) -> None:

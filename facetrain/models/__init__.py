@@ -12,11 +12,10 @@ __getattr__, __dir__, __all__ = lazy_exports(
         "insightface": (
             "INSIGHTFACE_INPUT_SIZE",
             "embedder_from_insightface",
-            "import_hint",
             "insightface_name",
             "insightface_state_dict",
         ),
-        "loading": ("first_mismatch", "load_model", "load_weights"),
+        "loading": ("first_mismatch", "load_model", "load_weights", "read_checkpoint"),
         "pixels": ("InputSpec", "ModuleEmbedder", "PixelEmbedder"),
         "sharded": ("ROW_KEYS", "ShardedHead"),
     },

@@ -81,13 +81,13 @@ def unwrap(raw: Any, source: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def import_hint(path: str | Path) -> str | None:
-    """What to say of a file of insightface's bare weights given where a facetrain checkpoint belongs:
-    ``facetrain import`` it first, with the architecture its keys describe. None when the file is no
-    such state dict (its own error stands). Read with ``weights_only=True``, memory-mapped."""
+def import_hint(raw: dict[str, Any], path: str | Path) -> str | None:
+    """What to say of insightface's bare weights (``raw``, as read from ``path``) given where a facetrain
+    checkpoint belongs: ``facetrain import`` them first, with the architecture their keys describe. None
+    when they are no architecture insightface releases (the generic message stands)."""
     try:
-        state = unwrap(torch.load(path, map_location="cpu", weights_only=True, mmap=True), str(path))
-    except Exception:  # any file that is not a plain state dict gets no hint
+        state = unwrap(raw, str(path))
+    except CheckpointError:
         return None
     arch, _ = infer_arch(state)
     if arch is None:

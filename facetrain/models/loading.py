@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from facetrain.checkpoint import load_checkpoint
+from facetrain.checkpoint import BareWeights, load_checkpoint
 from facetrain.config import Config, config_from_dict
 from facetrain.data import Preprocess
 from facetrain.errors import CheckpointError
@@ -32,19 +32,24 @@ def load_model(path: str | Path, device: torch.device, state: dict[str, Any] | N
 
     ``state`` is the checkpoint at ``path`` when the caller has read it already (it is read once).
     """
-    if state is None:
-        try:
-            state = load_checkpoint(path)
-        except CheckpointError as exc:  # insightface's backbone.pth is named for what it is, with its import
-            from facetrain.models.insightface import import_hint
-
-            raise CheckpointError(import_hint(path) or str(exc)) from None
+    state = read_checkpoint(path) if state is None else state
     config = config_from_dict(state["config"], source=f"config inside '{path}'")
     # The weights come from the checkpoint; never re-read the original pretrained file.
     model_config = dataclasses.replace(config.model, pretrained=None)
     embedder = build_embedder(model_config, config.data.image_size)
     load_weights(embedder, state, "embedder", path)
     return LoadedModel(embedder.to(device).eval(), Preprocess.from_config(config.data), config)
+
+
+def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """``load_checkpoint``, with insightface's backbone.pth named for what it holds and the import line
+    that converts it (the architecture read from the weights already loaded)."""
+    try:
+        return load_checkpoint(path, mmap=mmap)
+    except BareWeights as exc:
+        from facetrain.models.insightface import import_hint  # it imports this module: not at the top
+
+        raise CheckpointError(import_hint(exc.state, path) or str(exc)) from None
 
 
 def load_weights(module: torch.nn.Module, state: dict[str, Any], part: str, path: str | Path) -> None:

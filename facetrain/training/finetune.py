@@ -21,11 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from facetrain.checkpoint import load_checkpoint
 from facetrain.config import Config, ModelConfig
 from facetrain.data import as_batch, model_input, quiet_worker
 from facetrain.errors import CheckpointError, ConfigError
-from facetrain.models import ShardedHead, first_mismatch, import_hint, load_weights
+from facetrain.models import ShardedHead, first_mismatch, load_weights, read_checkpoint
 from facetrain.runtime import autocast
 from facetrain.training.preflight import check_init_from_place
 
@@ -41,9 +40,9 @@ def read_init_from(config: Config) -> dict[str, Any]:
     a trained run's head is never read."""
     path = Path(str(config.model.init_from))
     try:
-        state = load_checkpoint(path, mmap=True)
+        state = read_checkpoint(path, mmap=True)
     except CheckpointError as exc:
-        raise CheckpointError(f"model.init_from: {import_hint(path) or exc}") from None
+        raise CheckpointError(f"model.init_from: {exc}") from None
     saved_model, saved_data = state["config"].get("model"), state["config"].get("data")
     if not isinstance(saved_model, dict) or not isinstance(saved_data, dict):
         raise CheckpointError(f"model.init_from: checkpoint '{path}' has no model or data section in its config")
