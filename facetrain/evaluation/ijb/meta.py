@@ -102,7 +102,6 @@ def _numbers(
     path: Path, columns: int, dtype: type, kind: str, skip: int = 0, delimiter: str | None = None
 ) -> np.ndarray:
     """A (rows, columns) array of a whitespace- (or ``delimiter``-) separated file; one line on a bad row."""
-    require_utf8(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # an empty file warns; it is refused below
@@ -110,6 +109,8 @@ def _numbers(
                 path, dtype=dtype, delimiter=delimiter, skiprows=skip, usecols=range(columns), ndmin=2, comments=None,
                 encoding="utf-8-sig",
             )  # fmt: skip
+    except UnicodeDecodeError:  # a ValueError too: first
+        raise _not_utf8(path, kind) from None
     except ValueError as exc:
         detail = str(exc).splitlines()[0]
         found = re.search(r"could not convert string '(.*)' to \w+ at row (\d+), column (\d+)", detail)
@@ -120,8 +121,6 @@ def _numbers(
                 f"be {kind}"
             ) from None
         raise DataError(f"{path}: not {kind} ({detail}): each line must be {kind}") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not a text file: each line must be {kind}") from None
     if len(table) == 0:
         raise DataError(f"{path}: no rows: each line must be {kind}")
     return table
@@ -151,6 +150,12 @@ def read_images(root: str | Path, target: str) -> Images:
     return Images(names, values[:, :10].reshape(-1, 5, 2), values[:, 10].copy(), templates, medias)
 
 
+def _not_utf8(path: Path, kind: str) -> DataError:
+    """The error for a meta file that did not decode: its line and byte, the file read again only now."""
+    require_utf8(path)
+    return DataError(f"{path}: not a text file: each line must be {kind}")
+
+
 def require_utf8(path: Path) -> None:
     """One line naming the line and byte of a meta file that is not UTF-8 text (the release's are ASCII)."""
     data = path.read_bytes()
@@ -168,19 +173,19 @@ def _landmark_rows(path: Path) -> tuple[list[str], np.ndarray]:
     """(image names, (N, 11) float32: ten landmark coordinates and the score)."""
     names: list[str] = []
     rows: list[list[str]] = []
-    require_utf8(path)
-    with open(path, encoding="utf-8-sig") as file:  # a byte-order mark that an editor added is not a name
-        for number, line in enumerate(file, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 12:
-                raise DataError(
-                    f"{path}, line {number}: {len(fields)} fields: each line is an image name, "
-                    "10 landmark coordinates (x1 y1 ... x5 y5) and a detector score"
-                )
-            names.append(fields[0])
-            rows.append(fields[1:])
+    kind = "an image name, 10 landmark coordinates (x1 y1 ... x5 y5) and a detector score"
+    try:
+        with open(path, encoding="utf-8-sig") as file:  # a byte-order mark that an editor added is not a name
+            for number, line in enumerate(file, 1):
+                fields = line.split()
+                if not fields:
+                    continue
+                if len(fields) != 12:
+                    raise DataError(f"{path}, line {number}: {len(fields)} fields: each line is {kind}")
+                names.append(fields[0])
+                rows.append(fields[1:])
+    except UnicodeDecodeError:
+        raise _not_utf8(path, kind) from None
     if not names:
         raise DataError(f"{path}: no rows: each line is an image name, 10 landmark coordinates and a score")
     try:
@@ -215,11 +220,14 @@ def read_pairs(root: str | Path, target: str) -> Pairs:
 def read_enrolment(path: Path) -> Enrolment:
     """A 1:N csv: the first two columns are template and subject ids, one row per image, under the release's
     header line (a file without one loses no row)."""
-    require_utf8(path)
-    with open(path, encoding="utf-8-sig") as file:
-        first_line = file.readline()
+    kind = "comma-separated whole numbers: template,subject,..."
+    try:
+        with open(path, encoding="utf-8-sig") as file:
+            first_line = file.readline()
+    except UnicodeDecodeError:
+        raise _not_utf8(path, kind) from None
     skip = 0 if _all_numbers(first_line.split(",")[:2]) else 1
-    table = _numbers(path, 2, np.int64, "comma-separated whole numbers: template,subject,...", skip, ",")
+    table = _numbers(path, 2, np.int64, kind, skip, ",")
     templates, first = np.unique(table[:, 0], return_index=True)
     subjects = table[first, 1]
     per_template = table[:, 1] != subjects[np.searchsorted(templates, table[:, 0])]
