@@ -101,9 +101,7 @@ def killed_message(rank: int, signal_number: int, last: str | Path | None) -> st
 def check_cores(count: int, device: str, cores: int | None = None) -> None:
     """On CPU, refuses more processes than the cores this process may use (naming both numbers): each
     rank would only wait for the others. torchrun itself still starts any number, for who means it."""
-    import torch
-
-    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    on_cpu = device == "cpu" or (device == "auto" and not _cuda_present())
     cores = cores if cores is not None else usable_cores()
     if on_cpu and count > cores:
         raise ConfigError(
@@ -111,6 +109,12 @@ def check_cores(count: int, device: str, cores: int | None = None) -> None:
             f"run may use, and CPU ranks would only wait for each other: use --nproc-per-node {cores} or fewer "
             f"(torchrun --standalone --nproc-per-node {count} starts them anyway, to test a larger world)"
         )
+
+
+def _cuda_present() -> bool:
+    import torch  # only when the device is auto: train.device cpu is answered without it
+
+    return torch.cuda.is_available()
 
 
 def usable_cores() -> int:
